@@ -1,0 +1,61 @@
+"""Every error this package raises, in one place (the troubleshooting docs list them).
+
+They carry a single message argument (or, for ``RemoteTaskError``, plain strings), so they
+pickle across the worker boundary and into redun's database unchanged.
+"""
+
+from redun_modal_executor.config import ConfigError, TaskOptionError
+
+__all__ = [
+    "CallCancelledError",
+    "CallTimeoutError",
+    "CodeSkewError",
+    "ConfigError",
+    "PayloadError",
+    "RemoteTaskError",
+    "SerializationError",
+    "TaskOptionError",
+    "VersionSkewError",
+    "WorkerDiedError",
+]
+
+
+class PayloadError(Exception):
+    """Bytes that are not a call payload or result envelope of a format this side speaks."""
+
+
+class VersionSkewError(PayloadError):
+    """The client and the worker run different Python, redun, cloudpickle or payload versions."""
+
+
+class CodeSkewError(Exception):
+    """The worker imported a different version of a task's code than the client submitted."""
+
+
+class SerializationError(TypeError):
+    """An argument or result that cannot be pickled."""
+
+
+class CallTimeoutError(TimeoutError):
+    """A job ran longer than its ``timeout``."""
+
+
+class WorkerDiedError(RuntimeError):
+    """The worker running a job exited before returning a result."""
+
+
+class CallCancelledError(RuntimeError):
+    """A job's call was cancelled (the run was stopped)."""
+
+
+class RemoteTaskError(Exception):
+    """Stands in for a remote exception that could not be sent back as itself."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(type_name, message, remote_traceback)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name

@@ -1,0 +1,103 @@
+"""``ModalExecutor``: redun jobs in, calls to the generic worker out, results back to redun."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Optional
+
+from redun.executors.base import Executor, register_executor
+from redun.scheduler import Traceback
+
+from redun_modal_executor.config import ExecutorConfig, TaskOptionError, resolve_call_options
+from redun_modal_executor.errors import PayloadError, SerializationError
+from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
+from redun_modal_executor.transport import Transport, create_transport
+
+if TYPE_CHECKING:
+    from redun.scheduler import Job, Scheduler
+
+
+@register_executor("modal")
+class ModalExecutor(Executor):
+    """Runs every job through one generic worker function, on Modal or on local processes.
+
+    Config is parsed here once, without touching the network: redun builds every configured
+    executor, even for ``redun log``. Workers start with the first submitted job.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        scheduler: Optional[Scheduler] = None,
+        config=None,
+    ) -> None:
+        super().__init__(name, scheduler=scheduler)
+        self.config = ExecutorConfig.from_section(name, config)
+        self._lock = threading.Lock()
+        self._transport: Transport | None = None
+        self._jobs: dict[str, Job] = {}
+
+    def supports_async(self) -> bool:
+        return True
+
+    def scratch_root(self) -> str:
+        return self.config.scratch
+
+    def submit(self, job: Job) -> None:
+        self._submit(job, CallKind.TASK)
+
+    def submit_script(self, job: Job) -> None:
+        self._submit(job, CallKind.SCRIPT)
+
+    def stop(self) -> None:
+        """Cancel the calls still in flight; the next submission starts afresh."""
+        with self._lock:
+            transport, self._transport = self._transport, None
+        if transport is not None:
+            cancelled = transport.stop()
+            if cancelled:
+                self.log(f"cancelled {cancelled} call(s) still in flight")
+        with self._lock:
+            self._jobs.clear()
+
+    def _submit(self, job: Job, kind: CallKind) -> None:
+        assert self._scheduler and job.args is not None
+        try:
+            options = resolve_call_options(job.task.fullname, job.get_options(), self.config)
+            args, kwargs = job.args
+            payload = encode_call(
+                job.task, args, kwargs, kind, job_id=job.id, eval_hash=job.eval_hash or ""
+            )
+        except (TaskOptionError, SerializationError) as error:
+            self._scheduler.reject_job(job, error, Traceback(error, []))
+            return
+        with self._lock:
+            self._jobs[job.id] = job
+            if self._transport is None:
+                self._transport = create_transport(self.config, self._on_done)
+            transport = self._transport
+        transport.spawn(job.id, f"Task {job.task.fullname}", payload, options)
+
+    def _on_done(self, key: str, outcome: bytes | BaseException) -> None:
+        """Called from the transport's thread when a call has finished, failed or was cancelled."""
+        with self._lock:
+            job = self._jobs.pop(key, None)
+        if job is None or self._scheduler is None:
+            return
+        if isinstance(outcome, BaseException):
+            self._scheduler.reject_job(job, outcome, Traceback(outcome, []))
+            return
+        try:
+            result = decode_result(outcome)
+        except Exception as error:
+            unreadable = PayloadError(
+                f"Task {job.task.fullname}: its result envelope could not be loaded here: "
+                f"{type(error).__name__}: {error}"
+            )
+            self._scheduler.reject_job(job, unreadable, Traceback(unreadable, []))
+            return
+        if isinstance(result, Success):
+            self._scheduler.done_job(job, result.value)
+        else:
+            traceback = Traceback(result.error, result.frames, logs=result.logs)
+            self._scheduler.reject_job(job, result.error, traceback)

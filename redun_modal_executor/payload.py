@@ -1,0 +1,286 @@
+"""The call payload and the result envelope: the only bytes that cross to a worker and back.
+
+Both have the same frame::
+
+    magic (8 bytes) | format version (uint16) | header length (uint32) | JSON header | body
+
+The JSON header is readable by any version, so a worker rejects a payload from another
+format, Python, redun or cloudpickle version with a clear message before unpickling anything.
+The body is one pickle (cloudpickle, protocol 5): ``(function or None, args, kwargs)`` for a
+call, the value or ``(exception, frames)`` for a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import cloudpickle
+import redun
+
+from redun_modal_executor.errors import (
+    CodeSkewError,
+    PayloadError,
+    RemoteTaskError,
+    SerializationError,
+    VersionSkewError,
+)
+
+FORMAT_VERSION = 1
+_CALL_MAGIC = b"RMX:CALL"
+_RESULT_MAGIC = b"RMX:RSLT"
+_FRAME = struct.Struct("!8sHI")
+_PICKLE_PROTOCOL = 5
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class CallKind(str, Enum):
+    TASK = "task"  # run the function, return its value
+    SCRIPT = "script"  # run the shell command the function returns, return its stdout
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions that must agree between client and worker for pickles to load."""
+    return {
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "redun": redun.__version__,
+        "cloudpickle": cloudpickle.__version__,
+    }
+
+
+def _frame(magic: bytes, header: dict[str, Any], body: bytes) -> bytes:
+    header_bytes = json.dumps(header).encode()
+    return b"".join((_FRAME.pack(magic, FORMAT_VERSION, len(header_bytes)), header_bytes, body))
+
+
+def _unframe(data: bytes, magic: bytes, what: str) -> tuple[dict[str, Any], memoryview]:
+    view = memoryview(data)
+    if len(view) < _FRAME.size:
+        raise PayloadError(f"not a redun-modal-executor {what}: only {len(view)} bytes")
+    found_magic, version, header_length = _FRAME.unpack_from(view)
+    if found_magic != magic:
+        raise PayloadError(f"not a redun-modal-executor {what} (bad magic {found_magic!r})")
+    if version != FORMAT_VERSION:
+        raise VersionSkewError(
+            f"{what} uses payload format {version}, this side speaks format {FORMAT_VERSION}. "
+            "Install the same redun-modal-executor version on the client and in the worker "
+            "image (redeploy the Modal app after upgrading)."
+        )
+    end = _FRAME.size + header_length
+    try:
+        header = json.loads(bytes(view[_FRAME.size : end]))
+    except ValueError as error:
+        raise PayloadError(f"corrupt {what} header: {error}") from None
+    return header, view[end:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Call payload
+
+
+@dataclass(frozen=True)
+class CallHeader:
+    """What the worker learns about a call before unpickling it."""
+
+    kind: str
+    task: str
+    task_hash: str
+    module: str
+    by_value: bool
+    job_id: str = ""
+    eval_hash: str = ""
+    versions: dict[str, str] = field(default_factory=runtime_versions)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A decoded call payload; ``load`` unpickles it (worker side)."""
+
+    header: CallHeader
+    body: memoryview
+
+    def load(self) -> tuple[Any, tuple, dict]:
+        """Return ``(function, args, kwargs)``, importing the task by name if shipped by ref."""
+        function, args, kwargs = cloudpickle.loads(self.body)
+        if function is None:
+            function = _import_task_function(self.header)
+        return function, args, kwargs
+
+
+def ships_by_value(task: Any) -> bool:
+    """True when a worker cannot re-import the task by module and name."""
+    func = task.func
+    return func.__module__ == "__main__" or "<locals>" in func.__qualname__
+
+
+def encode_call(
+    task: Any,
+    args: tuple,
+    kwargs: dict,
+    kind: CallKind = CallKind.TASK,
+    job_id: str = "",
+    eval_hash: str = "",
+) -> bytes:
+    """Serialize one job's call. Raises ``SerializationError`` naming the bad argument."""
+    by_value = ships_by_value(task)
+    header = CallHeader(
+        kind=kind.value,
+        task=task.fullname,
+        task_hash=task.hash,
+        module=task.load_module,
+        by_value=by_value,
+        job_id=job_id,
+        eval_hash=eval_hash,
+    )
+    function = task.func if by_value else None
+    try:
+        body = cloudpickle.dumps((function, args, kwargs), protocol=_PICKLE_PROTOCOL)
+    except Exception as error:
+        raise SerializationError(_describe_unpicklable(task.fullname, args, kwargs, error)) from None
+    return _frame(_CALL_MAGIC, asdict(header), body)
+
+
+def _describe_unpicklable(task_name: str, args: tuple, kwargs: dict, error: Exception) -> str:
+    named = [(f"argument {i}", value) for i, value in enumerate(args)]
+    named += [(f"argument {key!r}", value) for key, value in kwargs.items()]
+    culprit = "its function"
+    for label, value in named:
+        try:
+            cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+        except Exception:
+            culprit = f"{label} ({type(value).__name__})"
+            break
+    return (
+        f"Task {task_name}: {culprit} cannot be pickled to send to the worker: "
+        f"{type(error).__name__}: {error}. Pass plain data (or a redun File) instead of "
+        "open handles, locks, sockets or clients, and create those inside the task."
+    )
+
+
+def decode_call(data: bytes) -> Call:
+    """Parse a call payload and check that this worker can run it (versions first)."""
+    header_dict, body = _unframe(data, _CALL_MAGIC, "call payload")
+    try:
+        header = CallHeader(**header_dict)
+    except TypeError as error:
+        raise PayloadError(f"corrupt call payload header: {error}") from None
+    check_versions(header)
+    return Call(header, body)
+
+
+def check_versions(header: CallHeader) -> None:
+    ours = runtime_versions()
+    skew = [
+        f"{name} {theirs} on the client, {ours.get(name)} in the worker"
+        for name, theirs in sorted(header.versions.items())
+        if ours.get(name) != theirs
+    ]
+    if skew:
+        raise VersionSkewError(
+            f"Task {header.task}: version skew between client and worker: {'; '.join(skew)}. "
+            "Pickled calls only load on matching versions: rebuild and redeploy the worker "
+            "image from this client's environment, or install the image's versions locally."
+        )
+
+
+def _import_task_function(header: CallHeader) -> Any:
+    from redun.task import get_task_registry
+
+    try:
+        __import__(header.module)
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            f"Task {header.task}: the worker cannot import module {header.module!r} "
+            f"({error}). Make the module importable in the worker: install it in the image "
+            "or ship it with the code package (see the docs on code shipping).",
+            name=error.name,
+        ) from None
+    task = get_task_registry().get(header.task)
+    if task is None:
+        raise CodeSkewError(
+            f"Task {header.task}: module {header.module!r} was imported in the worker but "
+            "defines no such task. The worker's copy of the module differs from the client's."
+        )
+    if task.hash != header.task_hash:
+        raise CodeSkewError(
+            f"Task {header.task}: the worker's code for this task (hash {task.hash[:8]}) "
+            f"differs from the client's (hash {header.task_hash[:8]}). Ship the current code "
+            "to the worker (or redeploy) so results are cached under the code that made them."
+        )
+    return task.func
+
+
+# ---------------------------------------------------------------------------------------------
+# Result envelope
+
+
+@dataclass(frozen=True)
+class Success:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Failure:
+    error: BaseException
+    frames: list[traceback.FrameSummary]
+    logs: list[str]
+
+
+def encode_success(value: Any, task_name: str, logs: list[str]) -> bytes:
+    """Serialize a task's return value; an unpicklable value becomes a failure envelope."""
+    try:
+        body = cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+    except Exception as error:
+        failure = SerializationError(
+            f"Task {task_name}: its result ({type(value).__name__}) cannot be pickled to send "
+            f"back: {type(error).__name__}: {error}. Return plain data or a redun File."
+        )
+        return encode_failure(failure, logs)
+    return _frame(_RESULT_MAGIC, {"ok": True}, body)
+
+
+def encode_failure(error: BaseException, logs: list[str]) -> bytes:
+    """Serialize an exception with its remote traceback; never raises."""
+    frames = [
+        traceback.FrameSummary(frame.filename, frame.lineno, frame.name, line=frame.line)
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith(_PACKAGE_DIR)
+    ]
+    header = {
+        "ok": False,
+        "error_type": _qualified_type_name(error),
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(error)),
+        "logs": logs,
+    }
+    try:
+        body = cloudpickle.dumps((error, frames), protocol=_PICKLE_PROTOCOL)
+    except Exception:
+        body = cloudpickle.dumps((None, frames), protocol=_PICKLE_PROTOCOL)
+    return _frame(_RESULT_MAGIC, header, body)
+
+
+def _qualified_type_name(error: BaseException) -> str:
+    kind = type(error)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def decode_result(data: bytes) -> Success | Failure:
+    """Parse a result envelope (client side)."""
+    header, body = _unframe(data, _RESULT_MAGIC, "result envelope")
+    if header.get("ok"):
+        return Success(cloudpickle.loads(body))
+    logs = header.get("logs", [])
+    stand_in = RemoteTaskError(header["error_type"], header["message"], header["traceback"])
+    try:
+        error, frames = cloudpickle.loads(body)
+    except Exception:
+        # The exception's class does not exist or load here: keep its name, text and traceback.
+        return Failure(stand_in, [], logs)
+    return Failure(error if error is not None else stand_in, frames, logs)

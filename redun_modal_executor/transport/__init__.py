@@ -1,0 +1,47 @@
+"""Transports carry call payloads to workers and result envelopes back.
+
+A transport knows nothing of redun: it moves bytes, enforces time limits and cancels. The
+executor turns jobs into payloads (``payload``) and envelopes back into results.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from redun_modal_executor.config import CallOptions, ConfigError, ExecutorConfig
+
+# Called from the transport's own thread with the key given to ``spawn`` and either the result
+# envelope or the exception that kept the call from producing one.
+OnDone = Callable[[str, bytes | BaseException], None]
+
+
+class Transport(ABC):
+    """Runs calls somewhere; one per executor, restartable after ``stop``."""
+
+    def __init__(self, on_done: OnDone) -> None:
+        self._on_done = on_done
+
+    @abstractmethod
+    def spawn(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+        """Queue one call and return at once; its outcome reaches ``on_done`` later."""
+
+    @abstractmethod
+    def cancel(self, key: str) -> None:
+        """Stop one call if it is still queued or running."""
+
+    @abstractmethod
+    def stop(self) -> int:
+        """Cancel every call in flight, release workers; return how many calls were cancelled."""
+
+
+def create_transport(config: ExecutorConfig, on_done: OnDone) -> Transport:
+    """The transport for the configured backend (imported only when first used)."""
+    if config.backend == "local":
+        from redun_modal_executor.transport.local import LocalTransport
+
+        return LocalTransport(on_done, max_workers=config.max_workers)
+    raise ConfigError(
+        f"[executors.{config.name}]: backend = {config.backend} is not available in this "
+        "version; use backend = local."
+    )

@@ -1,0 +1,258 @@
+"""The local backend: the generic worker in a pool of separate Python processes.
+
+It behaves like Modal where it matters for testing workflows: every worker is a fresh
+interpreter that gets bytes and returns bytes, warm workers are reused across calls, a call
+that runs past its timeout has its worker killed, and stopping cancels what is in flight.
+
+One dispatcher thread owns all workers. It waits on their sockets and on a wake-up socket at
+once, so there is no thread per job or per worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+from redun_modal_executor.config import CallOptions
+from redun_modal_executor.errors import CallCancelledError, CallTimeoutError, WorkerDiedError
+from redun_modal_executor.transport import OnDone, Transport
+
+_WORKER_MODULE = "redun_modal_executor.transport.local_worker"
+_STOP_GRACE_SECONDS = 2.0
+
+
+@dataclass
+class _Call:
+    key: str
+    label: str
+    payload: bytes
+    timeout: float | None
+    deadline: float | None = None
+
+
+class _Worker:
+    """One worker process and the socket to it."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", _WORKER_MODULE, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                # Own process group: Ctrl-C reaches the scheduler, which cancels; and a
+                # timeout kill takes the task's own child processes with it.
+                start_new_session=True,
+            )
+        self.connection = Connection(ours.detach())
+        self.call: _Call | None = None
+
+    def send(self, call: _Call) -> None:
+        self.call = call
+        if call.timeout is not None:
+            call.deadline = time.monotonic() + call.timeout
+        self.connection.send_bytes(call.payload)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.connection.close()
+        self.process.wait()
+
+    def close(self) -> None:
+        """Ask an idle worker to exit (EOF on its socket); kill it if it lingers."""
+        self.connection.close()
+        try:
+            self.process.wait(timeout=_STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def describe_exit(self) -> str:
+        code = self.process.wait()
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exited with status {code}"
+
+
+def worker_environment() -> dict[str, str]:
+    """Workers import task modules from the same places this process does."""
+    env = dict(os.environ)
+    paths = [path for path in sys.path if path]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class LocalTransport(Transport):
+    """Runs calls in up to ``max_workers`` worker processes on this machine."""
+
+    def __init__(self, on_done: OnDone, max_workers: int) -> None:
+        super().__init__(on_done)
+        self.max_workers = max_workers
+        self._lock = threading.Lock()
+        self._incoming: deque[_Call] = deque()
+        self._cancel_requests: set[str] = set()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_writer.setblocking(False)
+        self._cancelled_at_stop = 0
+
+    # Called from any thread.
+
+    def spawn(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+        with self._lock:
+            self._incoming.append(_Call(key, label, payload, options.timeout))
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(
+                    target=self._dispatch, name="redun-modal-local", daemon=True
+                )
+                self._thread.start()
+        self._wake()
+
+    def cancel(self, key: str) -> None:
+        with self._lock:
+            self._cancel_requests.add(key)
+        self._wake()
+
+    def stop(self) -> int:
+        with self._lock:
+            thread, self._stopping = self._thread, True
+        if thread is None:
+            return 0
+        self._wake()
+        thread.join()
+        with self._lock:
+            self._thread = None
+            return self._cancelled_at_stop
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except BlockingIOError:
+            pass  # Already awake: the buffer is full of wake-ups.
+
+    # The dispatcher thread.
+
+    def _dispatch(self) -> None:
+        env = worker_environment()
+        queued: deque[_Call] = deque()
+        idle: list[_Worker] = []
+        busy: dict[Connection, _Worker] = {}
+        try:
+            while True:
+                with self._lock:
+                    queued.extend(self._incoming)
+                    self._incoming.clear()
+                    cancels, self._cancel_requests = self._cancel_requests, set()
+                    if self._stopping:
+                        break
+                self._cancel(cancels, queued, busy)
+                self._assign(queued, idle, busy, env)
+                ready = wait([*busy, self._wake_reader], self._next_deadline(busy))
+                for connection in ready:
+                    if connection is self._wake_reader:
+                        self._wake_reader.recv(4096)
+                    else:
+                        self._collect(busy.pop(connection), idle)
+                self._expire(busy)
+        finally:
+            with self._lock:
+                queued.extend(self._incoming)
+                self._incoming.clear()
+            cancelled = len(queued) + len(busy)
+            for call in queued:
+                self._on_done(call.key, CallCancelledError(f"{call.label}: cancelled before it started"))
+            for worker in busy.values():
+                worker.kill()
+                assert worker.call is not None
+                self._on_done(worker.call.key, CallCancelledError(f"{worker.call.label}: cancelled"))
+            for worker in idle:
+                worker.close()
+            with self._lock:
+                self._cancelled_at_stop = cancelled
+
+    def _cancel(self, keys: set[str], queued: deque[_Call], busy: dict[Connection, _Worker]) -> None:
+        if not keys:
+            return
+        for call in [call for call in queued if call.key in keys]:
+            queued.remove(call)
+            self._on_done(call.key, CallCancelledError(f"{call.label}: cancelled before it started"))
+        for connection, worker in list(busy.items()):
+            if worker.call is not None and worker.call.key in keys:
+                del busy[connection]
+                worker.kill()
+                self._on_done(worker.call.key, CallCancelledError(f"{worker.call.label}: cancelled"))
+
+    def _assign(
+        self,
+        queued: deque[_Call],
+        idle: list[_Worker],
+        busy: dict[Connection, _Worker],
+        env: dict[str, str],
+    ) -> None:
+        while queued and (idle or len(busy) < self.max_workers):
+            worker = idle.pop() if idle else _Worker(env)
+            call = queued.popleft()
+            try:
+                worker.send(call)
+            except OSError:
+                # An idle worker that died in between never saw the call: run it elsewhere.
+                worker.kill()
+                queued.appendleft(call)
+                continue
+            busy[worker.connection] = worker
+
+    def _collect(self, worker: _Worker, idle: list[_Worker]) -> None:
+        call = worker.call
+        assert call is not None
+        worker.call = None
+        try:
+            envelope = worker.connection.recv_bytes()
+        except (EOFError, OSError):
+            worker.connection.close()
+            self._on_done(
+                call.key,
+                WorkerDiedError(
+                    f"{call.label}: the worker process {worker.describe_exit()} before returning "
+                    "a result (out of memory, a crash in native code, or os._exit in the task)."
+                ),
+            )
+            return
+        idle.append(worker)
+        self._on_done(call.key, envelope)
+
+    def _expire(self, busy: dict[Connection, _Worker]) -> None:
+        now = time.monotonic()
+        for connection, worker in list(busy.items()):
+            call = worker.call
+            if call is not None and call.deadline is not None and call.deadline <= now:
+                del busy[connection]
+                worker.kill()
+                self._on_done(
+                    call.key,
+                    CallTimeoutError(
+                        f"{call.label}: timed out after {call.timeout:g} s (the `timeout` task "
+                        "option or executor setting); the worker was stopped."
+                    ),
+                )
+
+    @staticmethod
+    def _next_deadline(busy: dict[Connection, _Worker]) -> float | None:
+        deadlines = [w.call.deadline for w in busy.values() if w.call and w.call.deadline]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())

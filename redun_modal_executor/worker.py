@@ -1,0 +1,95 @@
+"""What runs in the container: one call payload in, one result envelope out.
+
+``run_call`` is the body of the single generic Modal function, and of each local-backend
+worker process. It does its own pickling of results and exceptions, so nothing depends on
+how a transport would pickle them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from redun_modal_executor.payload import (
+    Call,
+    CallKind,
+    decode_call,
+    encode_failure,
+    encode_success,
+)
+
+LOG_TAIL_LINES = 100
+_LOG_LINE_CHARS = 2000
+
+
+def run_call(payload: bytes) -> bytes:
+    """Run one job; return a result envelope. Never raises on the task's behalf."""
+    task_name = "<unknown task>"
+    value: Any = None
+    error: BaseException | None = None
+    with capture_output_tail() as tail:
+        try:
+            call = decode_call(payload)
+            task_name = call.header.task
+            value = _execute(call)
+        except (Exception, SystemExit) as caught:
+            error = caught
+    if error is not None:
+        return encode_failure(error, list(tail))
+    return encode_success(value, task_name, list(tail))
+
+
+def _execute(call: Call) -> Any:
+    function, args, kwargs = call.load()
+    if call.header.kind == CallKind.SCRIPT.value:
+        from redun.scripting import exec_script, prepare_command
+
+        return exec_script(prepare_command(function(*args, **kwargs)))
+    result = function(*args, **kwargs)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return result
+
+
+class _TeeLines:
+    """A text stream that passes writes through and keeps the last lines written."""
+
+    def __init__(self, stream: TextIO, tail: deque[str]) -> None:
+        self._stream = stream
+        self._tail = tail
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()[-_LOG_LINE_CHARS:]
+        self._tail.extend(line[:_LOG_LINE_CHARS] + "\n" for line in lines)
+        return written
+
+    def flush_partial(self) -> None:
+        if self._partial:
+            self._tail.append(self._partial + "\n")
+            self._partial = ""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def capture_output_tail() -> Iterator[deque[str]]:
+    """Tee ``sys.stdout``/``sys.stderr`` and collect their last lines (both interleaved)."""
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    saved = sys.stdout, sys.stderr
+    tees = _TeeLines(sys.stdout, tail), _TeeLines(sys.stderr, tail)
+    sys.stdout, sys.stderr = tees  # type: ignore[assignment]
+    try:
+        yield tail
+    finally:
+        sys.stdout, sys.stderr = saved
+        for tee in tees:
+            tee.flush_partial()
