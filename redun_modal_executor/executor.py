@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
@@ -28,7 +28,7 @@ class ModalExecutor(Executor):
     def __init__(
         self,
         name: str,
-        scheduler: Optional[Scheduler] = None,
+        scheduler: Scheduler | None = None,
         config=None,
     ) -> None:
         super().__init__(name, scheduler=scheduler)

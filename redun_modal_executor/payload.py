@@ -142,7 +142,8 @@ def encode_call(
     try:
         body = cloudpickle.dumps((function, args, kwargs), protocol=_PICKLE_PROTOCOL)
     except Exception as error:
-        raise SerializationError(_describe_unpicklable(task.fullname, args, kwargs, error)) from None
+        message = _describe_unpicklable(task.fullname, args, kwargs, error)
+        raise SerializationError(message) from None
     return _frame(_CALL_MAGIC, asdict(header), body)
 
 
@@ -268,7 +269,9 @@ def encode_failure(error: BaseException, logs: list[str]) -> bytes:
 
 def _qualified_type_name(error: BaseException) -> str:
     kind = type(error)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def decode_result(data: bytes) -> Success | Failure:

@@ -174,28 +174,27 @@ class LocalTransport(Transport):
                 queued.extend(self._incoming)
                 self._incoming.clear()
             cancelled = len(queued) + len(busy)
-            for call in queued:
-                self._on_done(call.key, CallCancelledError(f"{call.label}: cancelled before it started"))
-            for worker in busy.values():
-                worker.kill()
-                assert worker.call is not None
-                self._on_done(worker.call.key, CallCancelledError(f"{worker.call.label}: cancelled"))
+            self._cancel({call.key for call in queued}, queued, busy)
+            self._cancel({w.call.key for w in busy.values() if w.call}, queued, busy)
             for worker in idle:
                 worker.close()
             with self._lock:
                 self._cancelled_at_stop = cancelled
 
-    def _cancel(self, keys: set[str], queued: deque[_Call], busy: dict[Connection, _Worker]) -> None:
+    def _cancel(
+        self, keys: set[str], queued: deque[_Call], busy: dict[Connection, _Worker]
+    ) -> None:
         if not keys:
             return
         for call in [call for call in queued if call.key in keys]:
             queued.remove(call)
-            self._on_done(call.key, CallCancelledError(f"{call.label}: cancelled before it started"))
+            self._on_done(call.key, CallCancelledError(f"{call.label}: cancelled before it ran"))
         for connection, worker in list(busy.items()):
-            if worker.call is not None and worker.call.key in keys:
+            call = worker.call
+            if call is not None and call.key in keys:
                 del busy[connection]
                 worker.kill()
-                self._on_done(worker.call.key, CallCancelledError(f"{worker.call.label}: cancelled"))
+                self._on_done(call.key, CallCancelledError(f"{call.label}: cancelled mid-run"))
 
     def _assign(
         self,
