@@ -1,0 +1,94 @@
+"""Tasks importable by module name (the "by reference" path), used by unit and e2e tests."""
+
+import sys
+import threading
+
+from redun import task
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+def pair(x: int) -> tuple[int, int]:
+    return x, x + 1
+
+
+@task(cache=False)
+async def async_add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+def fails(x: int) -> int:
+    print("about to fail")
+    raise ValueError(f"bad {x}")
+
+
+@task(script=True)
+def echo(text: str) -> str:
+    return f"echo {text}"
+
+
+class LockedError(Exception):
+    """An exception holding something that cannot be pickled."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+@task
+def raises_unpicklable() -> None:
+    raise LockedError("holding a lock")
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("this exception cannot be rebuilt here")
+
+
+class UnloadableError(Exception):
+    """Pickles fine, fails to unpickle (as when its class exists only in the container)."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+@task
+def raises_unloadable() -> None:
+    raise UnloadableError("only in the container")
+
+
+@task
+def returns_lock() -> object:
+    return threading.Lock()
+
+
+@task
+def exits() -> None:
+    sys.exit(3)
+
+
+@task
+def timed_sleep(seconds: float) -> tuple[int, float, float]:
+    """Sleeps; returns (worker pid, start, end) so tests can see reuse and overlap."""
+    import os
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return os.getpid(), start, time.time()
+
+
+@task
+def hard_exit() -> None:
+    import os
+
+    os._exit(9)
+
+
+@task(script=True)
+def sleep_in_child(pid_file: str) -> str:
+    return f"sleep 60 & echo $! > {pid_file}; wait"

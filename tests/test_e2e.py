@@ -1,0 +1,274 @@
+"""`redun run` and friends as a user runs them, in a temporary project on the local backend.
+
+Workflow files here are plain redun: they never import redun_modal_executor.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+WORKFLOW = """\
+import os
+from redun import task
+
+@task
+def square(x: int) -> int:
+    return x * x
+
+@task
+def shout(text: str) -> str:
+    return text.upper() + "!"
+
+@task
+def bracket(text: str) -> str:
+    return f"[{text}]"
+
+@task
+def total(values: list) -> int:
+    return sum(values)
+
+@task
+def main(n: int = 6) -> dict:
+    return {"total": total([square(i) for i in range(n)]), "word": bracket(shout("hi"))}
+"""
+
+
+def ran(output: str, task: str) -> int:
+    """How many jobs of `task` were dispatched (not served from the cache)."""
+    return len(re.findall(rf"\] Run +Job \w+: +{task}\(", output))
+
+
+def final_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+def test_results_then_fully_cached_rerun(project):
+    project.write("wf.py", WORKFLOW)
+    first = project.redun("run", "wf.py", "main").stdout
+    assert final_line(first) == "{'total': 55, 'word': '[HI!]'}"
+    assert ran(first, "square") == 6 and ran(first, "shout") == 1
+
+    second = project.redun("run", "wf.py", "main").stdout
+    assert final_line(second) == "{'total': 55, 'word': '[HI!]'}"
+    assert ran(second, "square") == 0 and ran(second, "shout") == 0 and ran(second, "main") == 0
+
+
+def test_code_change_reruns_only_that_task_and_its_dependents(project):
+    workflow = project.write("wf.py", WORKFLOW)
+    project.redun("run", "wf.py", "main")
+    workflow.write_text(WORKFLOW.replace('text.upper() + "!"', 'text.upper() + "?"'))
+    output = project.redun("run", "wf.py", "main").stdout
+    assert final_line(output) == "{'total': 55, 'word': '[HI?]'}"
+    assert ran(output, "shout") == 1 and ran(output, "bracket") == 1
+    assert ran(output, "square") == 0 and ran(output, "total") == 0
+
+
+def test_remote_exception_shows_type_message_traceback_and_logs(project):
+    project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task
+        def fails(x: int) -> int:
+            print("about to fail on", x)
+            raise ValueError(f"bad input {x}")
+
+        @task
+        def main() -> int:
+            return fails(3)
+        """,
+    )
+    process = project.redun("run", "wf.py", "main", check=False)
+    output = process.stdout
+    assert process.returncode != 0
+    assert "ValueError: bad input 3" in output
+    assert 'raise ValueError(f"bad input {x}")' in output  # the remote frame
+    assert "Latest logs:" in output and "about to fail on 3" in output
+
+
+def test_async_task_and_task_defined_inside_a_function(project):
+    project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task(cache=False)
+        async def double(x: int) -> int:
+            return 2 * x
+
+        def make_adder(offset: int):
+            @task(name="add_offset")
+            def add_offset(x: int) -> int:
+                return x + offset
+            return add_offset
+
+        add_ten = make_adder(10)
+
+        @task
+        def main() -> list:
+            return [double(4), add_ten(1)]
+        """,
+    )
+    assert final_line(project.redun("run", "wf.py", "main").stdout) == "[8, 11]"
+
+
+def test_script_task(project):
+    project.write(
+        "wf.py",
+        """\
+        from redun import script, task
+
+        @task
+        def main() -> str:
+            return script("echo hello from a script")
+        """,
+    )
+    output = project.redun("run", "wf.py", "main").stdout
+    assert "hello from a script" in final_line(output)
+
+
+def test_timeout_fails_the_job_and_finished_results_stay_cached(project):
+    project.write(
+        "wf.py",
+        """\
+        import time
+        from redun import task
+
+        @task
+        def quick() -> str:
+            return "done"
+
+        @task(timeout=1)
+        def slow() -> str:
+            time.sleep(60)
+            return "never"
+
+        @task
+        def main() -> list:
+            return [quick(), slow()]
+
+        @task
+        def only_quick() -> str:
+            return quick()
+        """,
+    )
+    process = project.redun("run", "wf.py", "main", check=False, timeout=60)
+    assert process.returncode != 0
+    assert "CallTimeoutError: Task slow: timed out after 1 s" in process.stdout
+
+    rerun = project.redun("run", "wf.py", "only_quick").stdout
+    assert final_line(rerun) == "'done'"
+    assert ran(rerun, "quick") == 0
+
+
+def test_unknown_task_option_fails_the_job_with_a_suggestion(project):
+    project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task(timout=5)
+        def typo() -> int:
+            return 1
+        """,
+    )
+    process = project.redun("run", "wf.py", "typo", check=False)
+    assert process.returncode != 0
+    assert "Task typo: unknown task option 'timout' for executor 'default'" in process.stdout
+    assert "did you mean 'timeout'?" in process.stdout
+
+
+def test_unpicklable_result_names_the_task(project):
+    project.write(
+        "wf.py",
+        """\
+        import threading
+        from redun import task
+
+        @task
+        def lock() -> object:
+            return threading.Lock()
+        """,
+    )
+    process = project.redun("run", "wf.py", "lock", check=False)
+    assert process.returncode != 0
+    assert "Task lock: its result (lock) cannot be pickled" in process.stdout
+
+
+def test_bad_config_value_is_reported_before_anything_runs(project):
+    project.write(".redun/redun.ini", "[executors.default]\ntype = modal\nbackend = lcoal\n")
+    project.write("wf.py", WORKFLOW)
+    process = project.redun("run", "wf.py", "main", check=False)
+    assert process.returncode != 0
+    assert (
+        "[executors.default]: backend must be one of modal, local; got 'lcoal'" in process.stdout
+    )
+
+
+def test_per_task_executor_selection(project):
+    project.write(
+        ".redun/redun.ini",
+        "[executors.modal]\ntype = modal\nbackend = local\nmax_workers = 2\n",
+    )
+    project.write(
+        "wf.py",
+        """\
+        import os
+        from redun import task
+
+        @task(executor="modal")
+        def remote_pid() -> int:
+            return os.getpid()
+
+        @task
+        def main() -> bool:
+            return remote_pid() != os.getpid()
+        """,
+    )
+    output = project.redun("run", "wf.py", "main").stdout
+    assert final_line(output) == "True"
+    assert re.search(r"Run +Job \w+: +remote_pid\(\) on modal", output)
+
+
+def test_redun_log_shows_the_jobs(project):
+    project.write("wf.py", WORKFLOW)
+    project.redun("run", "wf.py", "main")
+    log = project.redun("log").stdout
+    assert "[ DONE ]" in log and "run wf.py main" in log
+    jobs = project.redun("log", "--job").stdout
+    assert "square" in jobs and "shout" in jobs
+
+
+def test_launch_wait_runs_the_workflow_through_a_script_job(project):
+    project.write("wf.py", WORKFLOW)
+    output = project.redun(
+        "launch", "--executor", "default", "--wait", "redun", "run", "wf.py", "main"
+    ).stdout
+    assert "{'total': 55, 'word': '[HI!]'}" in output
+
+
+def test_subrun_builds_a_modal_sub_scheduler_inside_a_worker(project):
+    project.write(
+        "wf.py",
+        """\
+        import os
+        from redun import task
+        from redun.scheduler import subrun
+
+        @task
+        def where() -> int:
+            return os.getpid()
+
+        @task
+        def main() -> dict:
+            return subrun(where(), executor="default", new_execution=True)
+        """,
+    )
+    output = project.redun("run", "wf.py", "main").stdout
+    assert "Sub-scheduler" in output
+    assert re.search(r"\d+\s*$", output.strip())
