@@ -104,8 +104,11 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
 
 _SETTINGS_BY_NAME = {setting.name: setting for setting in EXECUTOR_SETTINGS}
 
-# Keys redun itself reads from every executor section.
-_REDUN_SECTION_KEYS = frozenset({"type", "class"})
+# Keys redun itself reads from executor sections (`class` from redun 0.46; the code_* keys for
+# `redun launch --code-package`).
+_REDUN_SECTION_KEYS = frozenset(
+    {"type", "class", "code_package", "code_includes", "code_excludes"}
+)
 
 # Task options redun's scheduler interprets, whatever the executor.
 REDUN_TASK_OPTIONS = frozenset(
@@ -131,8 +134,9 @@ TASK_OPTIONS = {setting.name: setting for setting in EXECUTOR_SETTINGS if settin
 
 
 def did_you_mean(name: str, candidates: Any) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate, else ``"."``."""
     matches = difflib.get_close_matches(name, sorted(candidates), n=1)
-    return f"; did you mean {matches[0]!r}?" if matches else ""
+    return f"; did you mean {matches[0]!r}?" if matches else "."
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
-from redun_modal_executor.config import ExecutorConfig, TaskOptionError, resolve_call_options
+from redun_modal_executor.config import (
+    ConfigError,
+    ExecutorConfig,
+    TaskOptionError,
+    resolve_call_options,
+)
 from redun_modal_executor.errors import PayloadError, SerializationError
 from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
 from redun_modal_executor.transport import Transport, create_transport
@@ -72,10 +77,14 @@ class ModalExecutor(Executor):
             self._scheduler.reject_job(job, error, Traceback(error, []))
             return
         with self._lock:
-            self._jobs[job.id] = job
             if self._transport is None:
-                self._transport = create_transport(self.config, self._on_done)
+                try:
+                    self._transport = create_transport(self.config, self._on_done)
+                except ConfigError as error:
+                    self._scheduler.reject_job(job, error, Traceback(error, []))
+                    return
             transport = self._transport
+            self._jobs[job.id] = job
         transport.spawn(job.id, f"Task {job.task.fullname}", payload, options)
 
     def _on_done(self, key: str, outcome: bytes | BaseException) -> None:

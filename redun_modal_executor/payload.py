@@ -7,7 +7,7 @@ Both have the same frame::
 The JSON header is readable by any version, so a worker rejects a payload from another
 format, Python, redun or cloudpickle version with a clear message before unpickling anything.
 The body is one pickle (cloudpickle, protocol 5): ``(function or None, args, kwargs)`` for a
-call, the value or ``(exception, frames)`` for a result.
+call; the value, or ``(pickled exception or None, frames)`` for a result.
 """
 
 from __future__ import annotations
@@ -261,9 +261,11 @@ def encode_failure(error: BaseException, logs: list[str]) -> bytes:
         "logs": logs,
     }
     try:
-        body = cloudpickle.dumps((error, frames), protocol=_PICKLE_PROTOCOL)
+        pickled_error: bytes | None = cloudpickle.dumps(error, protocol=_PICKLE_PROTOCOL)
     except Exception:
-        body = cloudpickle.dumps((None, frames), protocol=_PICKLE_PROTOCOL)
+        pickled_error = None
+    # The exception is pickled on its own so that its frames still load where it cannot.
+    body = cloudpickle.dumps((pickled_error, frames), protocol=_PICKLE_PROTOCOL)
     return _frame(_RESULT_MAGIC, header, body)
 
 
@@ -281,9 +283,10 @@ def decode_result(data: bytes) -> Success | Failure:
         return Success(cloudpickle.loads(body))
     logs = header.get("logs", [])
     stand_in = RemoteTaskError(header["error_type"], header["message"], header["traceback"])
+    pickled_error, frames = cloudpickle.loads(body)
     try:
-        error, frames = cloudpickle.loads(body)
+        error = cloudpickle.loads(pickled_error) if pickled_error is not None else stand_in
     except Exception:
         # The exception's class does not exist or load here: keep its name, text and traceback.
-        return Failure(stand_in, [], logs)
-    return Failure(error if error is not None else stand_in, frames, logs)
+        error = stand_in
+    return Failure(error, frames, logs)

@@ -99,19 +99,6 @@ def test_timeout_kills_the_task_child_processes(pool, tmp_path):
     pytest.fail(f"the script's child process {child} outlived the timeout")
 
 
-def test_cancel_running_and_queued_calls(pool):
-    one = pool(max_workers=1)
-    one.spawn("running", sample_tasks.timed_sleep, 30)
-    one.spawn("queued", sample_tasks.timed_sleep, 30)
-    time.sleep(0.5)
-    one.transport.cancel("queued")
-    one.transport.cancel("running")
-    results = one.results(2, within=10)
-    assert "cancelled before it ran" in str(results["queued"])
-    assert "cancelled mid-run" in str(results["running"])
-    assert all(isinstance(outcome, CallCancelledError) for outcome in results.values())
-
-
 def test_stop_cancels_everything_in_flight_and_can_restart(pool):
     two = pool(max_workers=2)
     for i in range(3):
@@ -120,7 +107,13 @@ def test_stop_cancels_everything_in_flight_and_can_restart(pool):
     began = time.monotonic()
     assert two.transport.stop() == 3
     assert time.monotonic() - began < 10
-    assert all(isinstance(o, CallCancelledError) for o in two.results(3).values())
+    outcomes = two.results(3)
+    assert all(isinstance(o, CallCancelledError) for o in outcomes.values())
+    assert sorted(str(o).rsplit(": ", 1)[1] for o in outcomes.values()) == [
+        "cancelled before it ran",
+        "cancelled mid-run",
+        "cancelled mid-run",
+    ]
     assert two.transport.stop() == 0
 
     two.spawn("again", sample_tasks.add, 1, 2)
@@ -135,3 +128,11 @@ def test_worker_that_dies_fails_its_call_and_is_replaced(pool):
     assert isinstance(results["dies"], WorkerDiedError)
     assert "Task hard_exit: the worker process exited with status 9" in str(results["dies"])
     assert results["next"] == Success(4)
+
+
+def test_worker_start_up_does_not_count_against_the_timeout(pool):
+    # A fresh worker takes far longer than 0.3 s to import redun; Modal, too, starts the clock
+    # when the container is up.
+    one = pool(max_workers=1)
+    one.spawn("first", sample_tasks.timed_sleep, 0.01, timeout=0.3)
+    assert isinstance(one.results(1)["first"], Success)

@@ -183,6 +183,7 @@ def test_exception_that_cannot_load_here_gets_a_stand_in():
     assert isinstance(result.error, RemoteTaskError)
     assert result.error.type_name == "sample_tasks.UnloadableError"
     assert "only in the container" in result.error.remote_traceback
+    assert [frame.name for frame in result.frames] == ["raise_and_catch"]
 
 
 def test_stand_in_pickles_for_redun_database():

@@ -27,10 +27,6 @@ class Transport(ABC):
         """Queue one call and return at once; its outcome reaches ``on_done`` later."""
 
     @abstractmethod
-    def cancel(self, key: str) -> None:
-        """Stop one call if it is still queued or running."""
-
-    @abstractmethod
     def stop(self) -> int:
         """Cancel every call in flight, release workers; return how many calls were cancelled."""
 

@@ -2,7 +2,8 @@
 
 It behaves like Modal where it matters for testing workflows: every worker is a fresh
 interpreter that gets bytes and returns bytes, warm workers are reused across calls, a call
-that runs past its timeout has its worker killed, and stopping cancels what is in flight.
+that runs past its timeout (counted from when its worker was ready, as Modal counts from
+container start) has its worker killed, and stopping cancels what is in flight.
 
 One dispatcher thread owns all workers. It waits on their sockets and on a wake-up socket at
 once, so there is no thread per job or per worker.
@@ -39,7 +40,11 @@ class _Call:
 
 
 class _Worker:
-    """One worker process and the socket to it."""
+    """One worker process and the socket to it.
+
+    A new worker first sends an empty message once its imports are done; its call is
+    transmitted only then, so start-up does not count against the call's timeout.
+    """
 
     def __init__(self, env: dict[str, str]) -> None:
         ours, theirs = socket.socketpair()
@@ -54,13 +59,24 @@ class _Worker:
                 start_new_session=True,
             )
         self.connection = Connection(ours.detach())
+        self.ready = False
         self.call: _Call | None = None
 
-    def send(self, call: _Call) -> None:
+    def assign(self, call: _Call) -> None:
         self.call = call
-        if call.timeout is not None:
-            call.deadline = time.monotonic() + call.timeout
-        self.connection.send_bytes(call.payload)
+        if self.ready:
+            self._transmit()
+
+    def mark_ready(self) -> None:
+        self.ready = True
+        if self.call is not None:
+            self._transmit()
+
+    def _transmit(self) -> None:
+        assert self.call is not None
+        if self.call.timeout is not None:
+            self.call.deadline = time.monotonic() + self.call.timeout
+        self.connection.send_bytes(self.call.payload)
 
     def kill(self) -> None:
         try:
@@ -103,7 +119,6 @@ class LocalTransport(Transport):
         self.max_workers = max_workers
         self._lock = threading.Lock()
         self._incoming: deque[_Call] = deque()
-        self._cancel_requests: set[str] = set()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -121,11 +136,6 @@ class LocalTransport(Transport):
                     target=self._dispatch, name="redun-modal-local", daemon=True
                 )
                 self._thread.start()
-        self._wake()
-
-    def cancel(self, key: str) -> None:
-        with self._lock:
-            self._cancel_requests.add(key)
         self._wake()
 
     def stop(self) -> int:
@@ -157,44 +167,32 @@ class LocalTransport(Transport):
                 with self._lock:
                     queued.extend(self._incoming)
                     self._incoming.clear()
-                    cancels, self._cancel_requests = self._cancel_requests, set()
                     if self._stopping:
                         break
-                self._cancel(cancels, queued, busy)
                 self._assign(queued, idle, busy, env)
                 ready = wait([*busy, self._wake_reader], self._next_deadline(busy))
                 for connection in ready:
                     if connection is self._wake_reader:
                         self._wake_reader.recv(4096)
                     else:
-                        self._collect(busy.pop(connection), idle)
+                        self._collect(busy.pop(connection), idle, busy)
                 self._expire(busy)
         finally:
             with self._lock:
                 queued.extend(self._incoming)
                 self._incoming.clear()
-            cancelled = len(queued) + len(busy)
-            self._cancel({call.key for call in queued}, queued, busy)
-            self._cancel({w.call.key for w in busy.values() if w.call}, queued, busy)
+                self._cancelled_at_stop = len(queued) + len(busy)
+            for call in queued:
+                self._on_done(
+                    call.key, CallCancelledError(f"{call.label}: cancelled before it ran")
+                )
+            for worker in busy.values():
+                worker.kill()
+                if worker.call is not None:
+                    message = f"{worker.call.label}: cancelled mid-run"
+                    self._on_done(worker.call.key, CallCancelledError(message))
             for worker in idle:
                 worker.close()
-            with self._lock:
-                self._cancelled_at_stop = cancelled
-
-    def _cancel(
-        self, keys: set[str], queued: deque[_Call], busy: dict[Connection, _Worker]
-    ) -> None:
-        if not keys:
-            return
-        for call in [call for call in queued if call.key in keys]:
-            queued.remove(call)
-            self._on_done(call.key, CallCancelledError(f"{call.label}: cancelled before it ran"))
-        for connection, worker in list(busy.items()):
-            call = worker.call
-            if call is not None and call.key in keys:
-                del busy[connection]
-                worker.kill()
-                self._on_done(call.key, CallCancelledError(f"{call.label}: cancelled mid-run"))
 
     def _assign(
         self,
@@ -204,10 +202,15 @@ class LocalTransport(Transport):
         env: dict[str, str],
     ) -> None:
         while queued and (idle or len(busy) < self.max_workers):
-            worker = idle.pop() if idle else _Worker(env)
             call = queued.popleft()
             try:
-                worker.send(call)
+                worker = idle.pop() if idle else _Worker(env)
+            except OSError as error:
+                message = f"{call.label}: could not start a worker process: {error}"
+                self._on_done(call.key, WorkerDiedError(message))
+                continue
+            try:
+                worker.assign(call)
             except OSError:
                 # An idle worker that died in between never saw the call: run it elsewhere.
                 worker.kill()
@@ -215,12 +218,17 @@ class LocalTransport(Transport):
                 continue
             busy[worker.connection] = worker
 
-    def _collect(self, worker: _Worker, idle: list[_Worker]) -> None:
+    def _collect(
+        self, worker: _Worker, idle: list[_Worker], busy: dict[Connection, _Worker]
+    ) -> None:
         call = worker.call
         assert call is not None
-        worker.call = None
         try:
-            envelope = worker.connection.recv_bytes()
+            message = worker.connection.recv_bytes()
+            if not worker.ready:
+                worker.mark_ready()
+                busy[worker.connection] = worker
+                return
         except (EOFError, OSError):
             worker.connection.close()
             self._on_done(
@@ -231,8 +239,9 @@ class LocalTransport(Transport):
                 ),
             )
             return
+        worker.call = None
         idle.append(worker)
-        self._on_done(call.key, envelope)
+        self._on_done(call.key, message)
 
     def _expire(self, busy: dict[Connection, _Worker]) -> None:
         now = time.monotonic()

@@ -10,6 +10,7 @@ from redun_modal_executor.worker import run_call
 
 
 def serve(connection: Connection) -> None:
+    connection.send_bytes(b"")  # Ready: imports are done, the clock for timeouts may start.
     while True:
         try:
             payload = connection.recv_bytes()
