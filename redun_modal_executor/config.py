@@ -8,12 +8,35 @@ configuration reference in the docs.
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 BACKENDS = ("modal", "local")
+DEFAULT_APP_NAME = "redun-modal-executor"
+DEFAULT_IMAGE = "default"
+
+# Modal's GPU types (https://modal.com/docs/guide/gpu), upper-cased as Modal compares them.
+GPU_TYPES = (
+    "T4",
+    "L4",
+    "A10",
+    "A10G",
+    "L40S",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "RTX-PRO-6000",
+    "H100",
+    "H100!",
+    "H200",
+    "B200",
+    "B200+",
+    "ANY",
+)
+MAX_GPUS_PER_CONTAINER = 8
+# Modal counts memory in MiB; a request below this is almost surely GiB written as MiB.
+MIN_MEMORY_MIB = 128
 
 
 class ConfigError(ValueError):
@@ -24,15 +47,14 @@ class TaskOptionError(ValueError):
     """A task option that this executor cannot honour."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One configuration key: how to parse it, its default and what it means."""
+def did_you_mean(name: str, candidates: Any) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate, else ``"."``."""
+    matches = difflib.get_close_matches(name, sorted(candidates), n=1)
+    return f"; did you mean {matches[0]!r}?" if matches else "."
 
-    name: str
-    parse: Callable[[Any], Any]
-    default: str
-    doc: str
-    task_option: bool = False
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers: each takes an ini string or a Python value and raises ValueError saying why.
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -45,30 +67,126 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
-def _positive_int(value: Any) -> int:
+def _number(value: Any, kind: Callable[[str], Any], what: str) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be {what}; got {value!r}")
     try:
-        number = int(str(value).strip())
+        return kind(str(value).strip())
     except ValueError:
-        raise ValueError(f"must be a whole number; got {value!r}") from None
+        raise ValueError(f"must be {what}; got {value!r}") from None
+
+
+def _positive_int(value: Any) -> int:
+    number = _number(value, int, "a whole number")
     if number < 1:
         raise ValueError(f"must be at least 1; got {number}")
     return number
 
 
+def _count(value: Any) -> int:
+    number = _number(value, int, "a whole number")
+    if number < 0:
+        raise ValueError(f"must be 0 or more; got {number}")
+    return number
+
+
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number of seconds; got {value!r}")
-    try:
-        seconds = float(str(value).strip())
-    except ValueError:
-        raise ValueError(f"must be a number of seconds; got {value!r}") from None
+    seconds = _number(value, float, "a number of seconds")
     if not seconds > 0:
         raise ValueError(f"must be a positive number of seconds; got {value!r}")
     return seconds
 
 
+def _cpu(value: Any) -> float:
+    cores = _number(value, float, "a number of CPU cores")
+    if not cores > 0:
+        raise ValueError(f"must be a positive number of CPU cores; got {value!r}")
+    return cores
+
+
+def _memory(value: Any) -> int:
+    mebibytes = _number(value, int, "a whole number of MiB")
+    if mebibytes < MIN_MEMORY_MIB:
+        raise ValueError(
+            f"is in MiB, as in Modal: {mebibytes} means {mebibytes} MiB. For {mebibytes} GiB "
+            f"write memory={mebibytes * 1024}."
+        )
+    return mebibytes
+
+
+def _gpu(value: Any) -> str:
+    text = str(value).strip()
+    gpu_type, _, count = text.partition(":")
+    if gpu_type.upper() not in GPU_TYPES:
+        raise ValueError(
+            f"has unknown GPU type {gpu_type!r}{did_you_mean(gpu_type.upper(), GPU_TYPES)} "
+            f"Modal's GPU types: {', '.join(GPU_TYPES)}; add ':N' for N GPUs."
+        )
+    if count:
+        number = _number(count, int, "a GPU type, optionally with ':count'")
+        if not 1 <= number <= MAX_GPUS_PER_CONTAINER:
+            raise ValueError(f"asks for {number} GPUs; Modal allows 1 to 8 per container")
+        return f"{gpu_type.upper()}:{number}"
+    return gpu_type.upper()
+
+
 def _text(value: Any) -> str:
     return str(value).strip()
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    """Names from a list, or from an ini string separated by commas or whitespace."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ValueError(f"must be a list of names; got {value!r}")
+    return tuple(items)
+
+
+def _volumes(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{"/path": "volume-name"}``, or ``/path=volume-name, ...`` in redun.ini."""
+    if isinstance(value, str):
+        pairs = []
+        for item in value.replace(",", " ").split():
+            path, equals, name = item.partition("=")
+            if not equals or not name:
+                raise ValueError(f"must be written /mount/path=volume-name; got {item!r}")
+            pairs.append((path, name))
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        raise ValueError(f"must map mount paths to volume names; got {value!r}")
+    for path, name in pairs:
+        if not (isinstance(path, str) and path.startswith("/")):
+            raise ValueError(f"needs absolute mount paths; got {path!r}")
+        if not (isinstance(name, str) and name):
+            raise ValueError(f"needs a volume name for {path!r}")
+    return tuple(sorted(pairs))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"must be true or false; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: how to parse it, its default (as shown) and what it means."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: str
+    doc: str
+    task_option: bool = False
 
 
 EXECUTOR_SETTINGS: tuple[Setting, ...] = (
@@ -76,23 +194,57 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "backend",
         _choice(*BACKENDS),
         "modal",
-        "Where jobs run: ``modal`` (Modal's cloud) or ``local`` (a pool of worker processes on "
-        "this machine that runs the same worker code; needs no Modal account).",
+        "Where jobs run: ``modal`` (Modal's cloud, through the deployed app) or ``local`` (a "
+        "pool of worker processes on this machine running the same worker code; needs no "
+        "Modal account).",
     ),
     Setting(
         "max_workers",
         _positive_int,
         "number of CPUs",
         "Most jobs running at once on the ``local`` backend. Workers are separate Python "
-        "processes, started on demand and reused across jobs.",
+        "processes, started on demand and reused across jobs. (On Modal, use "
+        "``max_containers``.)",
     ),
     Setting(
-        "timeout",
-        _seconds,
+        "app_name",
+        _text,
+        DEFAULT_APP_NAME,
+        "Name of the deployed Modal app that holds the generic worker function.",
+    ),
+    Setting(
+        "environment",
+        _text,
+        "the Modal profile's",
+        "Modal environment the app is deployed in and looked up from.",
+    ),
+    Setting(
+        "pip",
+        _words,
         "none",
-        "Seconds a job may run before it is stopped and fails with a timeout error. A task's "
-        "own ``timeout`` option wins.",
-        task_option=True,
+        "Extra pip packages for the default image, separated by spaces or commas "
+        "(redun, cloudpickle and this package are always installed, at the client's versions).",
+    ),
+    Setting(
+        "apt",
+        _words,
+        "none",
+        "Debian packages for the default image.",
+    ),
+    Setting(
+        "registry_image",
+        _text,
+        "Modal's debian_slim",
+        "Base the default image on this registry image (for example "
+        "``nvidia/cuda:12.4.1-runtime-ubuntu22.04``) instead of Modal's debian_slim; Python "
+        "is added at the client's version.",
+    ),
+    Setting(
+        "ship_code",
+        _flag,
+        "true",
+        "Upload the workflow's Python files (a content-hashed package, once per version) so "
+        "edited code runs remotely without a redeploy.",
     ),
     Setting(
         "scratch",
@@ -100,9 +252,91 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "/tmp/redun",
         "Scratch path, used by ``redun launch --code-package``.",
     ),
+    Setting(
+        "timeout",
+        _seconds,
+        "none (Modal: 300)",
+        "Seconds a job may run before it is stopped and fails with a timeout error.",
+        task_option=True,
+    ),
+    Setting(
+        "gpu",
+        _gpu,
+        "none",
+        "GPU type for the job's container, as in Modal (``T4``, ``A10G``, ``L40S``, "
+        "``A100-80GB``, ``H100`` ...), with ``:N`` for N GPUs. Ignored by the local backend.",
+        task_option=True,
+    ),
+    Setting(
+        "cpu",
+        _cpu,
+        "Modal's default",
+        "CPU cores to reserve for the job's container. Ignored by the local backend.",
+        task_option=True,
+    ),
+    Setting(
+        "memory",
+        _memory,
+        "Modal's default",
+        "Memory to reserve, in MiB as in Modal (16 GiB is 16384). Ignored by the local backend.",
+        task_option=True,
+    ),
+    Setting(
+        "retries",
+        _count,
+        "0",
+        "How many times Modal retries a job whose container failed or was preempted. A task "
+        "that raises is not retried.",
+        task_option=True,
+    ),
+    Setting(
+        "region",
+        _text,
+        "any",
+        "Modal region to run in. Ignored by the local backend.",
+        task_option=True,
+    ),
+    Setting(
+        "cloud",
+        _text,
+        "any",
+        "Cloud provider to run in (``aws``, ``gcp``, ``oci`` ...). Ignored by the local backend.",
+        task_option=True,
+    ),
+    Setting(
+        "secrets",
+        _words,
+        "none",
+        "Names of Modal Secrets whose values the job's container gets as environment variables.",
+        task_option=True,
+    ),
+    Setting(
+        "volumes",
+        _volumes,
+        "none",
+        "Modal Volumes to mount: ``{'/data': 'my-volume'}`` in a task, "
+        "``/data=my-volume`` in redun.ini.",
+        task_option=True,
+    ),
+    Setting(
+        "image",
+        _text,
+        DEFAULT_IMAGE,
+        "Which configured image the job runs in (see ``image.<name>.*`` keys).",
+        task_option=True,
+    ),
+    Setting(
+        "max_containers",
+        _positive_int,
+        "no limit",
+        "Most containers Modal runs at once for jobs with these options.",
+        task_option=True,
+    ),
 )
 
 _SETTINGS_BY_NAME = {setting.name: setting for setting in EXECUTOR_SETTINGS}
+TASK_OPTIONS = {setting.name: setting for setting in EXECUTOR_SETTINGS if setting.task_option}
+IMAGE_KEYS = ("pip", "apt", "registry_image")
 
 # Keys redun itself reads from executor sections (`class` from redun 0.46; the code_* keys for
 # `redun launch --code-package`).
@@ -130,13 +364,44 @@ REDUN_TASK_OPTIONS = frozenset(
     }
 )
 
-TASK_OPTIONS = {setting.name: setting for setting in EXECUTOR_SETTINGS if setting.task_option}
+
+# ---------------------------------------------------------------------------------------------
+# Parsed configuration
 
 
-def did_you_mean(name: str, candidates: Any) -> str:
-    """``"; did you mean 'x'?"`` for the closest candidate, else ``"."``."""
-    matches = difflib.get_close_matches(name, sorted(candidates), n=1)
-    return f"; did you mean {matches[0]!r}?" if matches else "."
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image the generic function is deployed with."""
+
+    name: str
+    pip: tuple[str, ...] = ()
+    apt: tuple[str, ...] = ()
+    registry_image: str | None = None
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """How one job runs: its limits and, on Modal, its container. Hashable: one variant each."""
+
+    timeout: float | None = None
+    gpu: str | None = None
+    cpu: float | None = None
+    memory: int | None = None
+    retries: int | None = None
+    region: str | None = None
+    cloud: str | None = None
+    secrets: tuple[str, ...] = ()
+    volumes: tuple[tuple[str, str], ...] = ()
+    image: str = DEFAULT_IMAGE
+    max_containers: int | None = None
+
+    def set_options(self) -> dict[str, Any]:
+        """The options that differ from their defaults, for display and tags."""
+        return {
+            spec.name: getattr(self, spec.name)
+            for spec in fields(self)
+            if getattr(self, spec.name) != spec.default
+        }
 
 
 @dataclass(frozen=True)
@@ -145,43 +410,85 @@ class ExecutorConfig:
 
     name: str
     backend: str = "modal"
-    max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    timeout: float | None = None
+    max_workers: int | None = None
+    app_name: str = DEFAULT_APP_NAME
+    environment: str | None = None
+    ship_code: bool = True
     scratch: str = "/tmp/redun"
+    images: Mapping[str, ImageSpec] = field(
+        default_factory=lambda: {DEFAULT_IMAGE: ImageSpec(DEFAULT_IMAGE)}
+    )
+    task_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_section(cls, name: str, section: Mapping[str, Any] | None) -> ExecutorConfig:
         """Parse a redun config section; raise ``ConfigError`` naming the key and the fix."""
         values: dict[str, Any] = {}
+        task_defaults: dict[str, Any] = {}
+        images: dict[str, dict[str, Any]] = {DEFAULT_IMAGE: {}}
         for key, raw in (section or {}).items():
             if key in _REDUN_SECTION_KEYS:
                 continue
-            setting = _SETTINGS_BY_NAME.get(key)
+            image_name, image_key = _split_image_key(name, key)
+            setting = _SETTINGS_BY_NAME.get(image_key or key)
             if setting is None:
                 raise ConfigError(
                     f"[executors.{name}]: unknown key {key!r}"
                     f"{did_you_mean(key, _SETTINGS_BY_NAME)} "
-                    f"Known keys: {', '.join(sorted(_SETTINGS_BY_NAME))}."
+                    f"Known keys: {', '.join(sorted(_SETTINGS_BY_NAME))}, and "
+                    "image.<name>.pip / .apt / .registry_image for more images."
                 )
             try:
-                values[key] = setting.parse(raw)
+                value = setting.parse(raw)
             except ValueError as error:
                 raise ConfigError(f"[executors.{name}]: {key} {error}") from None
-        return cls(name=name, **values)
+            if image_key:
+                images.setdefault(image_name, {})[image_key] = value
+            elif key in IMAGE_KEYS:
+                images[DEFAULT_IMAGE][key] = value
+            elif setting.task_option:
+                task_defaults[key] = value
+            else:
+                values[key] = value
+        config = cls(
+            name=name,
+            images={image: ImageSpec(image, **spec) for image, spec in images.items()},
+            task_defaults=task_defaults,
+            **values,
+        )
+        if "image" in task_defaults:
+            try:
+                config._check_image(task_defaults["image"], f"[executors.{name}]: image")
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+        return config
+
+    def _check_image(self, image: str, where: str) -> None:
+        if image not in self.images:
+            raise ValueError(
+                f"{where} {image!r} is not configured{did_you_mean(image, self.images)} "
+                f"Configured images: {', '.join(sorted(self.images))}."
+            )
 
 
-@dataclass(frozen=True)
-class CallOptions:
-    """What the transport needs to know about one job, beyond its payload."""
-
-    timeout: float | None = None
+def _split_image_key(section: str, key: str) -> tuple[str, str | None]:
+    """``image.gpu.pip`` -> ``("gpu", "pip")``; other keys -> ``("", None)``."""
+    if not key.startswith("image."):
+        return "", None
+    image_name, _, image_key = key[len("image.") :].rpartition(".")
+    if not image_name or image_key not in IMAGE_KEYS:
+        raise ConfigError(
+            f"[executors.{section}]: {key!r} should be image.<name>.pip, image.<name>.apt or "
+            "image.<name>.registry_image"
+        )
+    return image_name, image_key
 
 
 def resolve_call_options(
     task_name: str, options: Mapping[str, Any], config: ExecutorConfig
 ) -> CallOptions:
     """Validate a job's task options; task options win over executor defaults."""
-    ours: dict[str, Any] = {}
+    ours: dict[str, Any] = dict(config.task_defaults)
     for key, value in options.items():
         if key in REDUN_TASK_OPTIONS:
             continue
@@ -196,6 +503,8 @@ def resolve_call_options(
             continue
         try:
             ours[key] = setting.parse(value)
+            if key == "image":
+                config._check_image(ours[key], "image")
         except ValueError as error:
             raise TaskOptionError(f"Task {task_name}: task option {key} {error}") from None
-    return CallOptions(timeout=ours.get("timeout", config.timeout))
+    return CallOptions(**ours)

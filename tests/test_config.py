@@ -1,11 +1,10 @@
-import os
-
 import pytest
 
 from redun_modal_executor.config import (
     CallOptions,
     ConfigError,
     ExecutorConfig,
+    ImageSpec,
     TaskOptionError,
     resolve_call_options,
 )
@@ -14,17 +13,51 @@ from redun_modal_executor.config import (
 def test_defaults():
     config = ExecutorConfig.from_section("modal", {"type": "modal"})
     assert config.backend == "modal"
-    assert config.max_workers == (os.cpu_count() or 1)
-    assert config.timeout is None
+    assert config.max_workers is None  # The local backend then uses one worker per CPU.
+    assert config.app_name == "redun-modal-executor"
+    assert config.environment is None
+    assert config.ship_code is True
     assert config.scratch == "/tmp/redun"
+    assert config.images == {"default": ImageSpec("default")}
+    assert config.task_defaults == {}
+    assert resolve_call_options("wf.t", {}, config) == CallOptions()
 
 
 def test_parses_strings_from_redun_ini():
     config = ExecutorConfig.from_section(
         "modal",
-        {"type": "modal", "backend": "local", "max_workers": "3", "timeout": "1.5"},
+        {
+            "type": "modal",
+            "backend": "local",
+            "max_workers": "3",
+            "timeout": "1.5",
+            "environment": "dev",
+            "ship_code": "no",
+            "pip": "pandas==2.2, scikit-learn",
+            "apt": "samtools",
+            "image.gpu.registry_image": "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+            "image.gpu.pip": "torch",
+            "gpu": "a10g",
+            "memory": "2048",
+            "secrets": "hf-token, aws",
+            "volumes": "/data=reads, /ref=genomes",
+        },
     )
-    assert (config.backend, config.max_workers, config.timeout) == ("local", 3, 1.5)
+    assert (config.backend, config.max_workers, config.environment) == ("local", 3, "dev")
+    assert config.ship_code is False
+    assert config.images == {
+        "default": ImageSpec("default", pip=("pandas==2.2", "scikit-learn"), apt=("samtools",)),
+        "gpu": ImageSpec(
+            "gpu", pip=("torch",), registry_image="nvidia/cuda:12.4.1-runtime-ubuntu22.04"
+        ),
+    }
+    assert resolve_call_options("wf.t", {}, config) == CallOptions(
+        timeout=1.5,
+        gpu="A10G",
+        memory=2048,
+        secrets=("hf-token", "aws"),
+        volumes=(("/data", "reads"), ("/ref", "genomes")),
+    )
 
 
 def test_accepts_redun_046_class_key():
@@ -44,6 +77,11 @@ def test_accepts_redun_046_class_key():
         ({"max_workers": "0"}, "max_workers must be at least 1; got 0"),
         ({"max_workers": "two"}, "max_workers must be a whole number; got 'two'"),
         ({"max_worker": "2"}, "unknown key 'max_worker'; did you mean 'max_workers'?"),
+        ({"zzz": "2"}, "unknown key 'zzz'. Known keys:"),
+        ({"image.gpu.pipp": "x"}, "'image.gpu.pipp' should be image.<name>.pip"),
+        ({"image": "gpu"}, "image 'gpu' is not configured. Configured images: default."),
+        ({"ship_code": "maybe"}, "ship_code must be true or false; got 'maybe'"),
+        ({"volumes": "data"}, "volumes must be written /mount/path=volume-name; got 'data'"),
     ],
 )
 def test_bad_config_names_key_and_fix(section, message):
@@ -53,9 +91,11 @@ def test_bad_config_names_key_and_fix(section, message):
 
 
 def test_task_option_wins_over_executor_default():
-    config = ExecutorConfig.from_section("modal", {"timeout": "60"})
-    assert resolve_call_options("wf.t", {}, config) == CallOptions(timeout=60.0)
-    assert resolve_call_options("wf.t", {"timeout": 5}, config) == CallOptions(timeout=5.0)
+    config = ExecutorConfig.from_section("modal", {"timeout": "60", "gpu": "T4"})
+    assert resolve_call_options("wf.t", {}, config) == CallOptions(timeout=60.0, gpu="T4")
+    assert resolve_call_options("wf.t", {"timeout": 5, "gpu": "H100:2"}, config) == CallOptions(
+        timeout=5.0, gpu="H100:2"
+    )
 
 
 def test_redun_options_pass_through():
@@ -77,3 +117,52 @@ def test_invalid_task_option_value():
     config = ExecutorConfig.from_section("modal", {})
     with pytest.raises(TaskOptionError, match="Task wf.t: task option timeout must be a positive"):
         resolve_call_options("wf.t", {"timeout": 0}, config)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"gpu": "A10"}, None),
+        ({"gpu": "a100-80gb:4"}, None),
+        ({"gpu": "A100-80G"}, "unknown GPU type 'A100-80G'; did you mean 'A100-80GB'?"),
+        ({"gpu": "RTX4090"}, "unknown GPU type 'RTX4090'"),
+        ({"gpu": "H100:9"}, "asks for 9 GPUs; Modal allows 1 to 8 per container"),
+        (
+            {"memory": 16},
+            "memory is in MiB, as in Modal: 16 means 16 MiB. For 16 GiB write memory=16384.",
+        ),
+        ({"memory": "lots"}, "memory must be a whole number of MiB"),
+        ({"cpu": 0}, "cpu must be a positive number of CPU cores"),
+        ({"retries": -1}, "retries must be 0 or more"),
+        ({"secrets": "hf-token"}, None),
+        ({"secrets": [1]}, "secrets must be a list of names"),
+        ({"volumes": {"data": "v"}}, "volumes needs absolute mount paths; got 'data'"),
+        ({"image": "gpu"}, "image 'gpu' is not configured"),
+        ({"vcpus": 4}, "unknown task option 'vcpus' for executor 'modal'; did you mean 'cpu'?"),
+        ({"zzz": 4}, "unknown task option 'zzz' for executor 'modal'. Options this executor"),
+    ],
+)
+def test_modal_task_options_are_validated_before_dispatch(options, message):
+    config = ExecutorConfig.from_section("modal", {})
+    if message is None:
+        resolve_call_options("wf.train", options, config)
+        return
+    with pytest.raises(TaskOptionError) as error:
+        resolve_call_options("wf.train", options, config)
+    assert str(error.value).startswith("Task wf.train: ")
+    assert message in str(error.value)
+
+
+def test_call_options_are_hashable_and_list_what_is_set():
+    config = ExecutorConfig.from_section("modal", {})
+    options = resolve_call_options(
+        "wf.t", {"gpu": "T4", "volumes": {"/b": "y", "/a": "x"}, "secrets": ["s"]}, config
+    )
+    assert hash(options) == hash(
+        CallOptions(gpu="T4", volumes=(("/a", "x"), ("/b", "y")), secrets=("s",))
+    )
+    assert options.set_options() == {
+        "gpu": "T4",
+        "secrets": ("s",),
+        "volumes": (("/a", "x"), ("/b", "y")),
+    }

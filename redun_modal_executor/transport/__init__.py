@@ -6,6 +6,7 @@ executor turns jobs into payloads (``payload``) and envelopes back into results.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -36,7 +37,7 @@ def create_transport(config: ExecutorConfig, on_done: OnDone) -> Transport:
     if config.backend == "local":
         from redun_modal_executor.transport.local import LocalTransport
 
-        return LocalTransport(on_done, max_workers=config.max_workers)
+        return LocalTransport(on_done, max_workers=config.max_workers or os.cpu_count() or 1)
     raise ConfigError(
         f"[executors.{config.name}]: backend = {config.backend} is not available in this "
         "version; use backend = local."
