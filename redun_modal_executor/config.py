@@ -247,6 +247,20 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "edited code runs remotely without a redeploy.",
     ),
     Setting(
+        "code_includes",
+        _words,
+        "**/*.py",
+        "Glob patterns (relative to the directory `redun` runs in) of the files in the code "
+        "package. Same key as redun's code packaging.",
+    ),
+    Setting(
+        "code_excludes",
+        _words,
+        "none",
+        "Glob patterns to leave out of the code package (``__pycache__``, ``site-packages``, "
+        "``venv``, ``env``, ``build`` and ``dist`` always are).",
+    ),
+    Setting(
         "scratch",
         _text,
         "/tmp/redun",
@@ -338,11 +352,9 @@ _SETTINGS_BY_NAME = {setting.name: setting for setting in EXECUTOR_SETTINGS}
 TASK_OPTIONS = {setting.name: setting for setting in EXECUTOR_SETTINGS if setting.task_option}
 IMAGE_KEYS = ("pip", "apt", "registry_image")
 
-# Keys redun itself reads from executor sections (`class` from redun 0.46; the code_* keys for
-# `redun launch --code-package`).
-_REDUN_SECTION_KEYS = frozenset(
-    {"type", "class", "code_package", "code_includes", "code_excludes"}
-)
+# Keys only redun reads from executor sections (`class` from redun 0.46; `code_package` for
+# `redun launch --code-package`, which also reads our code_includes / code_excludes).
+_REDUN_SECTION_KEYS = frozenset({"type", "class", "code_package"})
 
 # Task options redun's scheduler interprets, whatever the executor.
 REDUN_TASK_OPTIONS = frozenset(
@@ -414,6 +426,8 @@ class ExecutorConfig:
     app_name: str = DEFAULT_APP_NAME
     environment: str | None = None
     ship_code: bool = True
+    code_includes: tuple[str, ...] = ("**/*.py",)
+    code_excludes: tuple[str, ...] = ()
     scratch: str = "/tmp/redun"
     images: Mapping[str, ImageSpec] = field(
         default_factory=lambda: {DEFAULT_IMAGE: ImageSpec(DEFAULT_IMAGE)}

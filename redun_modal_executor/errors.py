@@ -1,17 +1,21 @@
 """Every error this package raises, in one place (the troubleshooting docs list them).
 
 They carry a single message argument (or, for ``RemoteTaskError``, plain strings), so they
-pickle across the worker boundary and into redun's database unchanged.
+pickle across the worker boundary and into redun's database unchanged. Errors a transport
+reports may also carry ``logs``: the tail of the call's log, which redun shows under the job.
 """
 
 from redun_modal_executor.config import ConfigError, TaskOptionError
 
 __all__ = [
+    "AppNotDeployedError",
     "CallCancelledError",
     "CallTimeoutError",
     "CodeSkewError",
     "ConfigError",
+    "ModalAuthError",
     "PayloadError",
+    "RemoteCallError",
     "RemoteTaskError",
     "SerializationError",
     "TaskOptionError",
@@ -46,6 +50,18 @@ class WorkerDiedError(RuntimeError):
 
 class CallCancelledError(RuntimeError):
     """A job's call was cancelled (the run was stopped)."""
+
+
+class AppNotDeployedError(RuntimeError):
+    """The Modal app or its generic function is not deployed where the client looks."""
+
+
+class ModalAuthError(RuntimeError):
+    """Modal found no credentials, or rejected them."""
+
+
+class RemoteCallError(RuntimeError):
+    """A Modal call failed outside the task: out of memory, failed to start, lost, expired."""
 
 
 class RemoteTaskError(Exception):

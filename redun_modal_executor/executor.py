@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
+from redun_modal_executor.code_package import CodePackageError, build_code_package
 from redun_modal_executor.config import (
-    ConfigError,
     ExecutorConfig,
     TaskOptionError,
     resolve_call_options,
@@ -40,6 +41,7 @@ class ModalExecutor(Executor):
         self.config = ExecutorConfig.from_section(name, config)
         self._lock = threading.Lock()
         self._transport: Transport | None = None
+        self._code: dict[str, Any] | None = None  # The shipped code package's reference.
         self._jobs: dict[str, Job] = {}
 
     def supports_async(self) -> bool:
@@ -57,7 +59,7 @@ class ModalExecutor(Executor):
     def stop(self) -> None:
         """Cancel the calls still in flight; the next submission starts afresh."""
         with self._lock:
-            transport, self._transport = self._transport, None
+            transport, self._transport, self._code = self._transport, None, None
         if transport is not None:
             cancelled = transport.stop()
             if cancelled:
@@ -69,23 +71,39 @@ class ModalExecutor(Executor):
         assert self._scheduler and job.args is not None
         try:
             options = resolve_call_options(job.task.fullname, job.get_options(), self.config)
+            transport, code = self._ready_transport()
             args, kwargs = job.args
             payload = encode_call(
-                job.task, args, kwargs, kind, job_id=job.id, eval_hash=job.eval_hash or ""
+                job.task, args, kwargs, kind, job.id, job.eval_hash or "", code=code
             )
-        except (TaskOptionError, SerializationError) as error:
-            self._scheduler.reject_job(job, error, Traceback(error, []))
+        except (TaskOptionError, SerializationError, CodePackageError) as error:
+            self._reject(job, error)
             return
         with self._lock:
-            if self._transport is None:
-                try:
-                    self._transport = create_transport(self.config, self._on_done)
-                except ConfigError as error:
-                    self._scheduler.reject_job(job, error, Traceback(error, []))
-                    return
-            transport = self._transport
             self._jobs[job.id] = job
         transport.spawn(job.id, f"Task {job.task.fullname}", payload, options)
+
+    def _ready_transport(self) -> tuple[Transport, dict[str, Any] | None]:
+        """The transport, started on first use, with the code package shipped if it needs one."""
+        with self._lock:
+            if self._transport is None:
+                transport = create_transport(self.config, self._on_done)
+                if transport.ships_code and self.config.ship_code:
+                    package = build_code_package(
+                        os.getcwd(), self.config.code_includes, self.config.code_excludes
+                    )
+                    self._code = package.reference(transport.upload_code(package))
+                    self.log(
+                        f"code package {package.digest[:12]}: {package.files} file(s), "
+                        f"{len(package.data) / 1024:.0f} KiB"
+                    )
+                self._transport = transport
+            return self._transport, self._code
+
+    def _reject(self, job: Job, error: BaseException) -> None:
+        assert self._scheduler
+        traceback = Traceback(error, [], logs=getattr(error, "logs", None))
+        self._scheduler.reject_job(job, error, traceback)
 
     def _on_done(self, key: str, outcome: bytes | BaseException) -> None:
         """Called from the transport's thread when a call has finished, failed or was cancelled."""
@@ -94,16 +112,18 @@ class ModalExecutor(Executor):
         if job is None or self._scheduler is None:
             return
         if isinstance(outcome, BaseException):
-            self._scheduler.reject_job(job, outcome, Traceback(outcome, []))
+            self._reject(job, outcome)
             return
         try:
             result = decode_result(outcome)
         except Exception as error:
-            unreadable = PayloadError(
-                f"Task {job.task.fullname}: its result envelope could not be loaded here: "
-                f"{type(error).__name__}: {error}"
+            self._reject(
+                job,
+                PayloadError(
+                    f"Task {job.task.fullname}: its result envelope could not be loaded here: "
+                    f"{type(error).__name__}: {error}"
+                ),
             )
-            self._scheduler.reject_job(job, unreadable, Traceback(unreadable, []))
             return
         if isinstance(result, Success):
             self._scheduler.done_job(job, result.value)

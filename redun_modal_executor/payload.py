@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 import redun
 
+from redun_modal_executor import code_package
 from redun_modal_executor.errors import (
     CodeSkewError,
     PayloadError,
@@ -95,6 +96,7 @@ class CallHeader:
     by_value: bool
     job_id: str = ""
     eval_hash: str = ""
+    code: dict[str, Any] | None = None  # A code package reference (see code_package).
     versions: dict[str, str] = field(default_factory=runtime_versions)
 
 
@@ -107,6 +109,9 @@ class Call:
 
     def load(self) -> tuple[Any, tuple, dict]:
         """Return ``(function, args, kwargs)``, importing the task by name if shipped by ref."""
+        code = self.header.code
+        if code is not None:
+            code_package.activate(code, code_package.fetcher(code["store"]))
         function, args, kwargs = cloudpickle.loads(self.body)
         if function is None:
             function = _import_task_function(self.header)
@@ -126,6 +131,7 @@ def encode_call(
     kind: CallKind = CallKind.TASK,
     job_id: str = "",
     eval_hash: str = "",
+    code: dict[str, Any] | None = None,
 ) -> bytes:
     """Serialize one job's call. Raises ``SerializationError`` naming the bad argument."""
     by_value = ships_by_value(task)
@@ -137,6 +143,7 @@ def encode_call(
         by_value=by_value,
         job_id=job_id,
         eval_hash=eval_hash,
+        code=code,
     )
     function = task.func if by_value else None
     try:

@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+import redun.executors.base
+
+from redun_modal_executor._registration import register
 from redun_modal_executor.payload import (
     Call,
     CallKind,
@@ -25,6 +28,10 @@ from redun_modal_executor.payload import (
 
 LOG_TAIL_LINES = 100
 _LOG_LINE_CHARS = 2000
+
+# Sub-schedulers (subrun) built in a worker need `type = modal` even where this package was
+# copied into the image without its start-up .pth file.
+register(redun.executors.base)
 
 
 def run_call(payload: bytes) -> bytes:

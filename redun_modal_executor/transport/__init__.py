@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
-from redun_modal_executor.config import CallOptions, ConfigError, ExecutorConfig
+from redun_modal_executor.code_package import CodePackage
+from redun_modal_executor.config import CallOptions, ExecutorConfig
 
 # Called from the transport's own thread with the key given to ``spawn`` and either the result
 # envelope or the exception that kept the call from producing one.
@@ -20,8 +22,16 @@ OnDone = Callable[[str, bytes | BaseException], None]
 class Transport(ABC):
     """Runs calls somewhere; one per executor, restartable after ``stop``."""
 
+    # Whether workers need the client's code package (they cannot import from its files).
+    ships_code = False
+
     def __init__(self, on_done: OnDone) -> None:
         self._on_done = on_done
+
+    def upload_code(self, package: CodePackage) -> dict[str, Any]:
+        """Make ``package`` reachable by workers, in the background; return the store
+        reference that call payloads carry. Only transports with ``ships_code``."""
+        raise NotImplementedError(f"{type(self).__name__} does not ship code")
 
     @abstractmethod
     def spawn(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
@@ -38,7 +48,6 @@ def create_transport(config: ExecutorConfig, on_done: OnDone) -> Transport:
         from redun_modal_executor.transport.local import LocalTransport
 
         return LocalTransport(on_done, max_workers=config.max_workers or os.cpu_count() or 1)
-    raise ConfigError(
-        f"[executors.{config.name}]: backend = {config.backend} is not available in this "
-        "version; use backend = local."
-    )
+    from redun_modal_executor.transport.modal import ModalTransport
+
+    return ModalTransport(on_done, config)

@@ -1,0 +1,168 @@
+"""Code shipping: the workflow's Python files as one content-addressed zip.
+
+The client zips the files under its working directory that match ``code_includes`` (redun's
+own key, default ``**/*.py``), names the zip by its SHA-256 and uploads it once per version
+(to a Modal Dict). Each call payload names the digest; a container downloads and unpacks a
+digest once, puts it first on ``sys.path`` and imports task modules from there, so edited code
+runs remotely without redeploying the image.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+import importlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_INCLUDES = ("**/*.py",)
+# Never ship interpreters, caches or build output that happen to sit under the project.
+ALWAYS_EXCLUDED = (
+    "**/__pycache__/**",
+    "**/site-packages/**",
+    "venv/**",
+    "env/**",
+    "build/**",
+    "dist/**",
+)
+MAX_PACKAGE_BYTES = 64 * 1024 * 1024
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # Fixed, so the same files always give the same digest.
+
+
+class CodePackageError(RuntimeError):
+    """The code package could not be built, fetched or unpacked."""
+
+
+@dataclass(frozen=True)
+class CodePackage:
+    """A zip of workflow files and the sys.path entries (relative to it) to import them from."""
+
+    digest: str
+    data: bytes
+    import_paths: tuple[str, ...]
+    files: int
+
+    def reference(self, store: dict[str, Any]) -> dict[str, Any]:
+        """What a call payload carries so a worker can find and activate this package."""
+        return {"digest": self.digest, "import_paths": list(self.import_paths), "store": store}
+
+
+def build_code_package(
+    root: str | Path,
+    includes: Iterable[str] = DEFAULT_INCLUDES,
+    excludes: Iterable[str] = (),
+    search_path: Iterable[str] | None = None,
+) -> CodePackage:
+    """Zip the matching files under ``root``; deterministic for the same files and contents."""
+    root = Path(root).resolve()
+    excluded = (*ALWAYS_EXCLUDED, *excludes)
+    paths: set[str] = set()
+    for pattern in includes:
+        for match in glob.glob(pattern, root_dir=root, recursive=True):
+            if (root / match).is_file() and not any(fnmatch.fnmatch(match, x) for x in excluded):
+                paths.add(match)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for relative in sorted(paths):
+            info = zipfile.ZipInfo(relative, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, (root / relative).read_bytes())
+    data = buffer.getvalue()
+    if len(data) > MAX_PACKAGE_BYTES:
+        raise CodePackageError(
+            f"the code package of {root} is {len(data) / 2**20:.0f} MiB (limit "
+            f"{MAX_PACKAGE_BYTES / 2**20:.0f} MiB): narrow code_includes / code_excludes, or "
+            "install large packages in the image instead"
+        )
+    import_paths = _relative_import_paths(root, sys.path if search_path is None else search_path)
+    return CodePackage(hashlib.sha256(data).hexdigest(), data, import_paths, len(paths))
+
+
+def _relative_import_paths(root: Path, search_path: Iterable[str]) -> tuple[str, ...]:
+    """The client's sys.path entries inside ``root`` (where `redun run` imported from)."""
+    found: list[str] = []
+    for entry in search_path:
+        resolved = Path(entry or os.getcwd()).resolve()
+        if resolved == root or root in resolved.parents:
+            relative = resolved.relative_to(root).as_posix()
+            relative = "" if relative == "." else relative
+            if relative not in found:
+                found.append(relative)
+    return tuple(found) or ("",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+_UNPACK_ROOT = Path(tempfile.gettempdir()) / "redun-modal-code"
+_active: dict[str, Any] = {"digest": None, "paths": []}
+
+
+def activate(reference: dict[str, Any], fetch: Callable[[str], bytes]) -> None:
+    """Make the referenced package the one task modules are imported from (once per digest)."""
+    digest = reference["digest"]
+    if _active["digest"] == digest:
+        return
+    unpacked = _UNPACK_ROOT / digest
+    if not unpacked.exists():
+        _unpack(digest, fetch(digest), unpacked)
+    _deactivate()
+    paths = [str(unpacked / relative) for relative in reference["import_paths"]]
+    sys.path[:0] = paths
+    importlib.invalidate_caches()
+    _active.update(digest=digest, paths=paths)
+
+
+def _unpack(digest: str, data: bytes, target: Path) -> None:
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CodePackageError(f"code package {digest[:12]} arrived corrupted (digest mismatch)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        archive.extractall(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # Another worker in this container unpacked it first.
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _deactivate() -> None:
+    """Forget the modules imported from the previous package so the new one is imported."""
+    old_paths = _active["paths"]
+    if not old_paths:
+        return
+    sys.path[:] = [entry for entry in sys.path if entry not in old_paths]
+    old_root = str(_UNPACK_ROOT / _active["digest"])
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(old_root):
+            del sys.modules[name]
+    _active.update(digest=None, paths=[])
+
+
+def fetcher(store: dict[str, Any]) -> Callable[[str], bytes]:
+    """How a worker downloads a package, from the store named in the payload."""
+    if store.get("kind") == "modal_dict":
+        return lambda digest: _fetch_from_modal_dict(store, digest)
+    raise CodePackageError(f"unknown code store {store!r}")
+
+
+def _fetch_from_modal_dict(store: dict[str, Any], digest: str) -> bytes:
+    import modal
+
+    packages = modal.Dict.from_name(store["name"], environment_name=store.get("environment"))
+    data = packages.get(digest)
+    if data is None:
+        raise CodePackageError(
+            f"code package {digest[:12]} is missing from Modal Dict {store['name']!r}; rerun "
+            "the workflow so the client uploads it again"
+        )
+    return data

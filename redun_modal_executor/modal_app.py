@@ -1,0 +1,85 @@
+"""What is deployed to Modal: one app holding the generic worker function, once per image.
+
+``run_job`` wraps ``worker.run_call`` (bytes in, bytes out). Each configured image registers it
+under its own name (``run_job`` for the default image, ``run_job_<image>`` for the others), so
+"more images" means "more names for the same function", and a task picks one with its
+``image`` option. Resources (GPU, CPU, memory, timeout, ...) are not fixed here: the client
+asks for them per task with ``Function.with_options``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import cloudpickle
+import redun
+
+from redun_modal_executor.config import DEFAULT_IMAGE, ExecutorConfig, ImageSpec
+
+FUNCTION_NAME = "run_job"
+CODE_DICT_SUFFIX = "-code"
+
+
+def function_name(image: str) -> str:
+    """The deployed name of the generic function for one image."""
+    return FUNCTION_NAME if image == DEFAULT_IMAGE else f"{FUNCTION_NAME}_{image}"
+
+
+def code_dict_name(config: ExecutorConfig) -> str:
+    """The Modal Dict that holds this app's code packages, by digest."""
+    return config.app_name + CODE_DICT_SUFFIX
+
+
+def run_job(payload: bytes) -> bytes:
+    """The generic Modal function: run one redun job's call payload."""
+    from redun_modal_executor.worker import run_call
+
+    return run_call(payload)
+
+
+def python_version() -> str:
+    """The client's Python major.minor: pickles of code objects only load on the same one."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def pinned_requirements() -> list[str]:
+    """Packages whose versions must match the client's for payloads to load."""
+    return [f"redun=={redun.__version__}", f"cloudpickle=={cloudpickle.__version__}"]
+
+
+def build_image(spec: ImageSpec) -> Any:
+    """The Modal image for one ``ImageSpec``: Python and pickling libraries as on the client."""
+    import modal
+
+    if spec.registry_image:
+        image = modal.Image.from_registry(spec.registry_image, add_python=python_version())
+    else:
+        image = modal.Image.debian_slim(python_version=python_version())
+    if spec.apt:
+        image = image.apt_install(*spec.apt)
+    image = image.pip_install(*pinned_requirements(), *spec.pip)
+    # Last, as Modal requires for local files: this package, as installed on the client.
+    return image.add_local_python_source("redun_modal_executor")
+
+
+def build_app(config: ExecutorConfig) -> Any:
+    """The ``modal.App`` with one generic function per configured image."""
+    import modal
+
+    app = modal.App(config.app_name)
+    for spec in config.images.values():
+        # serialized=True: the app is built from redun.ini at deploy time, so a container
+        # could not rebuild it by importing this module; it unpickles the function instead.
+        app.function(name=function_name(spec.name), image=build_image(spec), serialized=True)(
+            run_job
+        )
+    return app
+
+
+def deploy(config: ExecutorConfig) -> None:
+    """Deploy (or redeploy) the app; safe to repeat, Modal replaces the previous version."""
+    import modal
+
+    with modal.enable_output():
+        build_app(config).deploy(name=config.app_name, environment_name=config.environment)

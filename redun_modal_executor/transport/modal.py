@@ -1,0 +1,301 @@
+"""The Modal backend: every call goes to the deployed generic function, with per-task options.
+
+All Modal traffic happens on one asyncio loop in one background thread, through the client's
+``.aio`` API: ``spawn`` queues a coroutine and returns at once, so the scheduler thread never
+waits on the network. Per call there is one ``FunctionMap`` (spawn) and one long-polled
+``FunctionGetOutputs`` (get); the function is looked up once per image and bound once per
+distinct option set (``with_options``), and the code package is uploaded once per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from redun_modal_executor.code_package import CodePackage
+from redun_modal_executor.config import CallOptions, ExecutorConfig
+from redun_modal_executor.errors import (
+    AppNotDeployedError,
+    CallCancelledError,
+    CallTimeoutError,
+    ModalAuthError,
+    RemoteCallError,
+)
+from redun_modal_executor.modal_app import code_dict_name, function_name
+from redun_modal_executor.transport import OnDone, Transport
+
+MODAL_DEFAULT_TIMEOUT = 300
+INTERNAL_FAILURE_ATTEMPTS = 3
+LOG_TAIL_ENTRIES = 50
+LOG_TAIL_SECONDS = 5.0
+STOP_SECONDS = 30.0
+DEPLOY_HINT = "run `redun-modal deploy` (once, and after changing images or dependencies)"
+TOKEN_HINT = "run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
+
+
+def modal_options(options: CallOptions, environment: str | None) -> dict[str, Any]:
+    """``Function.with_options`` keyword arguments for a job's options (empty: use the base)."""
+    import modal
+
+    kwargs: dict[str, Any] = {}
+    if options.timeout is not None:
+        kwargs["timeout"] = math.ceil(options.timeout)
+    for name in ("gpu", "cpu", "memory", "retries", "region", "cloud", "max_containers"):
+        value = getattr(options, name)
+        if value is not None:
+            kwargs[name] = value
+    if options.secrets:
+        kwargs["secrets"] = [
+            modal.Secret.from_name(name, environment_name=environment) for name in options.secrets
+        ]
+    if options.volumes:
+        kwargs["volumes"] = {
+            path: modal.Volume.from_name(name, environment_name=environment)
+            for path, name in options.volumes
+        }
+    return kwargs
+
+
+class ModalTransport(Transport):
+    """Runs calls on the deployed app's generic function."""
+
+    ships_code = True
+
+    def __init__(self, on_done: OnDone, config: ExecutorConfig) -> None:
+        super().__init__(on_done)
+        self._config = config
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # Owned by the loop thread.
+        self._functions: dict[CallOptions, asyncio.Future[Any]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._spawns: dict[str, asyncio.Future[Any]] = {}  # key -> its FunctionCall, once spawned
+        self._code_upload: Future[None] | None = None
+
+    # Called from any thread.
+
+    def spawn(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+        loop = self._running_loop()
+        loop.call_soon_threadsafe(self._start, key, label, payload, options)
+
+    def upload_code(self, package: CodePackage) -> dict[str, Any]:
+        loop = self._running_loop()
+        self._code_upload = asyncio.run_coroutine_threadsafe(self._upload(package), loop)
+        return {
+            "kind": "modal_dict",
+            "name": code_dict_name(self._config),
+            "environment": self._config.environment,
+        }
+
+    def stop(self) -> int:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return 0
+        cancelled = asyncio.run_coroutine_threadsafe(self._cancel_all(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        return cancelled
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(
+                    target=loop.run_forever, name="redun-modal-calls", daemon=True
+                )
+                self._thread.start()
+                self._loop = loop
+            return self._loop
+
+    # On the loop thread.
+
+    def _start(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+        self._tasks[key] = asyncio.get_running_loop().create_task(
+            self._run(key, label, payload, options)
+        )
+
+    async def _run(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+        import modal.exception
+
+        outcome: bytes | BaseException
+        try:
+            if options not in self._functions:
+                self._functions[options] = asyncio.ensure_future(self._bind(options))
+            function = await asyncio.shield(self._functions[options])
+            if self._code_upload is not None:
+                await asyncio.wrap_future(self._code_upload)
+            for attempt in range(1, INTERNAL_FAILURE_ATTEMPTS + 1):
+                # Shielded: if the run stops mid-spawn, stop() still learns the call id and
+                # cancels the call instead of leaving it running unseen.
+                self._spawns[key] = asyncio.ensure_future(function.spawn.aio(payload))
+                call = await asyncio.shield(self._spawns[key])
+                try:
+                    outcome = await call.get.aio()
+                    break
+                except modal.exception.InternalFailure:
+                    # Modal lost the input (not the task's fault): run it again, a few times.
+                    if attempt == INTERNAL_FAILURE_ATTEMPTS:
+                        raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            outcome = await self._explain(error, label, options, self._spawned_call(key))
+        finally:
+            self._tasks.pop(key, None)
+            self._spawns.pop(key, None)
+        self._on_done(key, outcome)
+
+    def _spawned_call(self, key: str) -> Any:
+        spawn = self._spawns.get(key)
+        if spawn is None or not spawn.done() or spawn.cancelled() or spawn.exception():
+            return None
+        return spawn.result()
+
+    async def _bind(self, options: CallOptions) -> Any:
+        import modal
+        import modal.exception
+
+        name = function_name(options.image)
+        environment = self._config.environment
+        base = modal.Function.from_name(self._config.app_name, name, environment_name=environment)
+        try:
+            await base.hydrate.aio()
+        except modal.exception.NotFoundError as error:
+            raise AppNotDeployedError(
+                f"the Modal app {self._config.app_name!r} has no function {name!r} in "
+                f"environment {environment or '(profile default)'} ({error}): {DEPLOY_HINT}."
+            ) from None
+        except modal.exception.AuthError as error:
+            raise ModalAuthError(
+                f"Modal could not authenticate ({error}): {TOKEN_HINT}."
+            ) from None
+        kwargs = modal_options(options, environment)
+        if not kwargs:
+            return base
+        variant = base.with_options(**kwargs)
+        try:
+            await variant.hydrate.aio()
+        except modal.exception.NotFoundError as error:
+            raise RemoteCallError(
+                f"a Modal Secret or Volume named in the task options was not found ({error}); "
+                "create it (`modal secret create`, `modal volume create`) or fix the name."
+            ) from None
+        return variant
+
+    async def _upload(self, package: CodePackage) -> None:
+        import modal
+        import modal.exception
+
+        name = code_dict_name(self._config)
+        packages = modal.Dict.from_name(
+            name, environment_name=self._config.environment, create_if_missing=True
+        )
+        try:
+            await packages.put.aio(package.digest, package.data, skip_if_exists=True)
+        except modal.exception.AuthError as error:
+            raise ModalAuthError(_auth_message(error)) from None
+        except Exception as error:
+            raise RemoteCallError(
+                f"could not upload the code package {package.digest[:12]} to the Modal Dict "
+                f"{name!r}: {type(error).__name__}: {error}"
+            ) from None
+
+    async def _explain(
+        self, error: Exception, label: str, options: CallOptions, call: Any
+    ) -> BaseException:
+        """Turn a Modal exception into one that says what happened and what to do."""
+        import modal.exception
+
+        if isinstance(error, AppNotDeployedError | ModalAuthError | RemoteCallError):
+            return type(error)(f"{label}: {error}")
+        if isinstance(error, modal.exception.AuthError):
+            return ModalAuthError(f"{label}: {_auth_message(error)}")
+        if isinstance(error, modal.exception.AuthError):
+            return ModalAuthError(
+                f"{label}: Modal could not authenticate ({error}): {TOKEN_HINT}."
+            )
+        call_id = getattr(call, "object_id", None) or "not spawned"
+        if isinstance(error, modal.exception.FunctionTimeoutError):
+            seconds = options.timeout or MODAL_DEFAULT_TIMEOUT
+            explained: BaseException = CallTimeoutError(
+                f"{label}: timed out after {seconds:g} s on Modal (the `timeout` task option; "
+                f"Modal's default is {MODAL_DEFAULT_TIMEOUT} s) [call {call_id}]"
+            )
+        elif isinstance(error, modal.exception.InternalFailure):
+            explained = RemoteCallError(
+                f"{label}: Modal failed the call {INTERNAL_FAILURE_ATTEMPTS} times with an "
+                f"internal error: {error} [call {call_id}]"
+            )
+        else:
+            kind = "" if isinstance(error, modal.exception.RemoteError) else type(error).__name__
+            explained = RemoteCallError(
+                f"{label}: Modal call {call_id} failed: {kind + ': ' if kind else ''}{error}"
+            )
+        explained.logs = await self._log_tail(call)  # type: ignore[attr-defined]
+        return explained
+
+    async def _log_tail(self, call: Any) -> list[str]:
+        """The last lines of a failed call's Modal log; empty if they cannot be had quickly."""
+        if call is None:
+            return []
+        lines: list[str] = []
+
+        async def read() -> None:
+            async for entry in call.logs.tail.aio(entries=LOG_TAIL_ENTRIES):
+                lines.append(
+                    entry.message if entry.message.endswith("\n") else entry.message + "\n"
+                )
+
+        try:
+            await asyncio.wait_for(read(), LOG_TAIL_SECONDS)
+        except Exception:  # Logs are a courtesy: never let them hide the real error.
+            pass
+        return lines
+
+    async def _cancel_all(self) -> int:
+        """Cancel every call in flight on Modal, within ``STOP_SECONDS``; return how many."""
+        spawns = dict(self._spawns)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        unspawned = [key for key in self._tasks if key not in spawns]
+        self._tasks.clear()
+        self._spawns.clear()
+        outcomes = await _within(STOP_SECONDS, *spawns.values())
+        calls = {
+            key: call
+            for key, call in zip(spawns, outcomes, strict=True)
+            if not isinstance(call, Exception)
+        }
+        await _within(STOP_SECONDS, *(call.cancel.aio() for call in calls.values()))
+        for key, call in calls.items():
+            self._on_done(key, CallCancelledError(f"Modal call {call.object_id} cancelled"))
+        for key in unspawned:
+            self._on_done(key, CallCancelledError("cancelled before it was spawned"))
+        return len(calls)
+
+
+def _auth_message(error: Exception) -> str:
+    return f"Modal could not authenticate ({error}): {TOKEN_HINT}."
+
+
+async def _within(seconds: float, *awaitables: Any) -> list[Any]:
+    """Each awaitable's result or exception; ``TimeoutError`` for any pending after ``seconds``."""
+    futures = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    if not futures:
+        return []
+    await asyncio.wait(futures, timeout=seconds)
+    results: list[Any] = []
+    for future in futures:
+        if not future.done():
+            future.cancel()
+            results.append(TimeoutError())
+        else:
+            results.append(future.exception() or future.result())
+    return results
