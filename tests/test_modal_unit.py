@@ -1,0 +1,148 @@
+"""Exact arguments given to the Modal client, with the client mocked (no server at all)."""
+
+from __future__ import annotations
+
+import sys
+from unittest import mock
+
+import cloudpickle
+import modal
+import pytest
+import redun
+
+from redun_modal_executor import cli, modal_app
+from redun_modal_executor.config import CallOptions, ExecutorConfig, resolve_call_options
+from redun_modal_executor.transport.modal import modal_options
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_no_options_means_the_base_function():
+    assert modal_options(CallOptions(), None) == {}
+
+
+def test_task_options_map_to_with_options_arguments():
+    config = ExecutorConfig.from_section("modal", {"environment": "dev", "retries": "2"})
+    options = resolve_call_options(
+        "wf.train",
+        {
+            "gpu": "a10g",
+            "cpu": 4,
+            "memory": 16384,
+            "timeout": 3599.5,
+            "region": "us-east",
+            "cloud": "aws",
+            "max_containers": 10,
+            "secrets": ["hf-token"],
+            "volumes": {"/data": "my-volume"},
+        },
+        config,
+    )
+    with (
+        mock.patch.object(modal.Secret, "from_name", side_effect=lambda n, **k: ("secret", n, k)),
+        mock.patch.object(modal.Volume, "from_name", side_effect=lambda n, **k: ("volume", n, k)),
+    ):
+        kwargs = modal_options(options, config.environment)
+    assert kwargs == {
+        "gpu": "A10G",
+        "cpu": 4.0,
+        "memory": 16384,
+        "timeout": 3600,  # Modal takes whole seconds: rounded up, never cut short.
+        "retries": 2,
+        "region": "us-east",
+        "cloud": "aws",
+        "max_containers": 10,
+        "secrets": [("secret", "hf-token", {"environment_name": "dev"})],
+        "volumes": {"/data": ("volume", "my-volume", {"environment_name": "dev"})},
+    }
+
+
+def test_with_options_never_gets_env():
+    # env= would create a Secret and a new variant per call; environment travels otherwise.
+    options = CallOptions(timeout=5, gpu="T4", secrets=("s",), volumes=(("/d", "v"),))
+    with (
+        mock.patch.object(modal.Secret, "from_name"),
+        mock.patch.object(modal.Volume, "from_name"),
+    ):
+        assert "env" not in modal_options(options, None)
+
+
+def test_image_spec_pins_python_redun_and_cloudpickle():
+    config = ExecutorConfig.from_section(
+        "modal",
+        {
+            "pip": "pandas==2.2",
+            "apt": "samtools",
+            "image.gpu.registry_image": "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+            "image.gpu.pip": "torch",
+        },
+    )
+    with mock.patch.object(modal, "Image") as image:
+        for spec in config.images.values():
+            modal_app.build_image(spec)
+    pins = [f"redun=={redun.__version__}", f"cloudpickle=={cloudpickle.__version__}"]
+    debian = image.debian_slim
+    debian.assert_called_once_with(python_version=PYTHON)
+    debian.return_value.apt_install.assert_called_once_with("samtools")
+    debian.return_value.apt_install.return_value.pip_install.assert_called_once_with(
+        *pins, "pandas==2.2"
+    )
+    debian.return_value.apt_install.return_value.pip_install.return_value.add_local_python_source.assert_called_once_with(  # noqa: E501
+        "redun_modal_executor"
+    )
+    registry = image.from_registry
+    registry.assert_called_once_with("nvidia/cuda:12.4.1-runtime-ubuntu22.04", add_python=PYTHON)
+    registry.return_value.pip_install.assert_called_once_with(*pins, "torch")
+
+
+def test_app_registers_the_generic_function_once_per_image():
+    config = ExecutorConfig.from_section(
+        "modal", {"app_name": "my-redun", "image.gpu.pip": "torch"}
+    )
+    with mock.patch.object(modal, "App") as app, mock.patch.object(modal_app, "build_image"):
+        modal_app.build_app(config)
+    app.assert_called_once_with("my-redun")
+    names = [call.kwargs["name"] for call in app.return_value.function.call_args_list]
+    assert names == ["run_job", "run_job_gpu"]
+    assert all(call.kwargs["serialized"] for call in app.return_value.function.call_args_list)
+    decorated = [call.args[0] for call in app.return_value.function.return_value.call_args_list]
+    assert decorated == [modal_app.run_job, modal_app.run_job]
+
+
+def test_deploy_command_deploys_each_app_once(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".redun").mkdir()
+    (tmp_path / ".redun" / "redun.ini").write_text(
+        "[executors.default]\ntype = modal\nenvironment = dev\n"
+        "[executors.gpu]\ntype = modal\nenvironment = dev\ngpu = T4\n"
+        "[executors.here]\ntype = modal\nbackend = local\n"
+        "[executors.other]\ntype = local\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    with mock.patch.object(modal_app, "deploy") as deploy:
+        assert cli.main(["deploy"]) == 0
+    (call,) = deploy.call_args_list
+    assert (call.args[0].app_name, call.args[0].environment) == ("redun-modal-executor", "dev")
+    assert "Deploying Modal app 'redun-modal-executor' for [executors.default]: run_job" in (
+        capsys.readouterr().out
+    )
+
+
+def test_deploy_command_explains_when_nothing_is_configured(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".redun").mkdir()
+    (tmp_path / ".redun" / "redun.ini").write_text("[executors.x]\ntype = local\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["deploy"]) == 2
+    assert "No executor to deploy" in capsys.readouterr().err
+
+
+def test_deploy_command_reports_bad_config(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".redun").mkdir()
+    (tmp_path / ".redun" / "redun.ini").write_text("[executors.m]\ntype = modal\ngpu = V100\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["deploy"]) == 2
+    assert "redun-modal: [executors.m]: gpu has unknown GPU type 'V100'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("image, name", [("default", "run_job"), ("gpu", "run_job_gpu")])
+def test_function_names(image, name):
+    assert modal_app.function_name(image) == name
