@@ -60,7 +60,7 @@ def _executor_settings_rst():
     rows = [
         (
             f"``{setting.name}``",
-            setting.default,
+            setting.default.replace("*", r"\*"),
             "yes" if setting.task_option else "no",
             setting.doc,
         )

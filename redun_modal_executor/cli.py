@@ -39,15 +39,22 @@ def deploy_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    deployed: set[tuple[str, str | None]] = set()
+    apps: dict[tuple[str, str | None], ExecutorConfig] = {}
     for config in configs:
         target = (config.app_name, config.environment)
-        if target in deployed:
-            continue
+        first = apps.setdefault(target, config)
+        if first.images != config.images:
+            print(
+                f"[executors.{first.name}] and [executors.{config.name}] deploy the same app "
+                f"{config.app_name!r} with different images: give one its own app_name, or "
+                "the same image keys.",
+                file=sys.stderr,
+            )
+            return 2
+    for config in apps.values():
         names = ", ".join(function_name(image) for image in config.images)
         print(f"Deploying Modal app {config.app_name!r} for [executors.{config.name}]: {names}")
         deploy(config)
-        deployed.add(target)
     return 0
 
 

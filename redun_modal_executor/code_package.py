@@ -24,22 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redun_modal_executor.errors import CodePackageError
+
 DEFAULT_INCLUDES = ("**/*.py",)
 # Never ship interpreters, caches or build output that happen to sit under the project.
-ALWAYS_EXCLUDED = (
-    "**/__pycache__/**",
-    "**/site-packages/**",
-    "venv/**",
-    "env/**",
-    "build/**",
-    "dist/**",
+EXCLUDED_DIRECTORIES = frozenset(
+    {"__pycache__", "site-packages", "node_modules", "venv", "env", "build", "dist"}
 )
 MAX_PACKAGE_BYTES = 64 * 1024 * 1024
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # Fixed, so the same files always give the same digest.
-
-
-class CodePackageError(RuntimeError):
-    """The code package could not be built, fetched or unpacked."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +57,15 @@ def build_code_package(
 ) -> CodePackage:
     """Zip the matching files under ``root``; deterministic for the same files and contents."""
     root = Path(root).resolve()
-    excluded = (*ALWAYS_EXCLUDED, *excludes)
+    excludes = tuple(excludes)
     paths: set[str] = set()
     for pattern in includes:
         for match in glob.glob(pattern, root_dir=root, recursive=True):
-            if (root / match).is_file() and not any(fnmatch.fnmatch(match, x) for x in excluded):
+            if (
+                (root / match).is_file()
+                and not _in_excluded_directory(root, match)
+                and not any(fnmatch.fnmatch(match, exclude) for exclude in excludes)
+            ):
                 paths.add(match)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -85,6 +82,15 @@ def build_code_package(
         )
     import_paths = _relative_import_paths(root, sys.path if search_path is None else search_path)
     return CodePackage(hashlib.sha256(data).hexdigest(), data, import_paths, len(paths))
+
+
+def _in_excluded_directory(root: Path, relative: str) -> bool:
+    parents = Path(relative).parents
+    return any(
+        parent.name in EXCLUDED_DIRECTORIES or (root / parent / "pyvenv.cfg").exists()
+        for parent in parents
+        if parent != Path(".")
+    )
 
 
 def _relative_import_paths(root: Path, search_path: Iterable[str]) -> tuple[str, ...]:

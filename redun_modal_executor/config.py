@@ -142,6 +142,15 @@ def _words(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _requirements(value: Any) -> tuple[str, ...]:
+    """Package specs from a list, or from an ini string separated by whitespace or newlines
+    (not commas: ``numpy>=1.26,<2`` is one requirement)."""
+    items = value.split() if isinstance(value, str) else list(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ValueError(f"must be a list of packages; got {value!r}")
+    return tuple(items)
+
+
 def _volumes(value: Any) -> tuple[tuple[str, str], ...]:
     """``{"/path": "volume-name"}``, or ``/path=volume-name, ...`` in redun.ini."""
     if isinstance(value, str):
@@ -204,7 +213,8 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "number of CPUs",
         "Most jobs running at once on the ``local`` backend. Workers are separate Python "
         "processes, started on demand and reused across jobs. (On Modal, use "
-        "``max_containers``.)",
+        "``max_containers``.) The local backend honours only the ``timeout`` task option; it "
+        "accepts and checks the others, so a GPU task runs on the CPU there.",
     ),
     Setting(
         "app_name",
@@ -220,14 +230,14 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "pip",
-        _words,
+        _requirements,
         "none",
-        "Extra pip packages for the default image, separated by spaces or commas "
+        "Extra pip packages for the default image, separated by spaces or new lines "
         "(redun, cloudpickle and this package are always installed, at the client's versions).",
     ),
     Setting(
         "apt",
-        _words,
+        _requirements,
         "none",
         "Debian packages for the default image.",
     ),
@@ -250,15 +260,16 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "code_includes",
         _words,
         "**/*.py",
-        "Glob patterns (relative to the directory `redun` runs in) of the files in the code "
+        "Glob patterns (relative to the directory ``redun`` runs in) of the files in the code "
         "package. Same key as redun's code packaging.",
     ),
     Setting(
         "code_excludes",
         _words,
         "none",
-        "Glob patterns to leave out of the code package (``__pycache__``, ``site-packages``, "
-        "``venv``, ``env``, ``build`` and ``dist`` always are).",
+        "Glob patterns to leave out of the code package (directories named ``__pycache__``, "
+        "``site-packages``, ``node_modules``, ``venv``, ``env``, ``build`` or ``dist``, and "
+        "virtualenvs, always are).",
     ),
     Setting(
         "scratch",
@@ -278,21 +289,21 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         _gpu,
         "none",
         "GPU type for the job's container, as in Modal (``T4``, ``A10G``, ``L40S``, "
-        "``A100-80GB``, ``H100`` ...), with ``:N`` for N GPUs. Ignored by the local backend.",
+        "``A100-80GB``, ``H100`` ...), with ``:N`` for N GPUs.",
         task_option=True,
     ),
     Setting(
         "cpu",
         _cpu,
         "Modal's default",
-        "CPU cores to reserve for the job's container. Ignored by the local backend.",
+        "CPU cores to reserve for the job's container.",
         task_option=True,
     ),
     Setting(
         "memory",
         _memory,
         "Modal's default",
-        "Memory to reserve, in MiB as in Modal (16 GiB is 16384). Ignored by the local backend.",
+        "Memory to reserve, in MiB as in Modal (16 GiB is 16384).",
         task_option=True,
     ),
     Setting(
@@ -307,14 +318,14 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "region",
         _text,
         "any",
-        "Modal region to run in. Ignored by the local backend.",
+        "Modal region to run in.",
         task_option=True,
     ),
     Setting(
         "cloud",
         _text,
         "any",
-        "Cloud provider to run in (``aws``, ``gcp``, ``oci`` ...). Ignored by the local backend.",
+        "Cloud provider to run in (``aws``, ``gcp``, ``oci`` ...).",
         task_option=True,
     ),
     Setting(
@@ -480,7 +491,8 @@ class ExecutorConfig:
     def _check_image(self, image: str, where: str) -> None:
         if image not in self.images:
             raise ValueError(
-                f"{where} {image!r} is not configured{did_you_mean(image, self.images)} "
+                f"{where}{' ' if where else ''}{image!r} is not configured"
+                f"{did_you_mean(image, self.images)} "
                 f"Configured images: {', '.join(sorted(self.images))}."
             )
 
@@ -518,7 +530,7 @@ def resolve_call_options(
         try:
             ours[key] = setting.parse(value)
             if key == "image":
-                config._check_image(ours[key], "image")
+                config._check_image(ours[key], "")
         except ValueError as error:
             raise TaskOptionError(f"Task {task_name}: task option {key} {error}") from None
     return CallOptions(**ours)

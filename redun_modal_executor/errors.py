@@ -11,6 +11,7 @@ __all__ = [
     "AppNotDeployedError",
     "CallCancelledError",
     "CallTimeoutError",
+    "CodePackageError",
     "CodeSkewError",
     "ConfigError",
     "ModalAuthError",
@@ -34,6 +35,10 @@ class VersionSkewError(PayloadError):
 
 class CodeSkewError(Exception):
     """The worker imported a different version of a task's code than the client submitted."""
+
+
+class CodePackageError(RuntimeError):
+    """The code package could not be built, fetched or unpacked."""
 
 
 class SerializationError(TypeError):

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
-from redun_modal_executor.code_package import CodePackageError, build_code_package
+from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
     ExecutorConfig,
     TaskOptionError,
     resolve_call_options,
 )
-from redun_modal_executor.errors import PayloadError, SerializationError
+from redun_modal_executor.errors import CodePackageError, PayloadError, SerializationError
 from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
 from redun_modal_executor.transport import Transport, create_transport
 
@@ -42,6 +42,7 @@ class ModalExecutor(Executor):
         self._lock = threading.Lock()
         self._transport: Transport | None = None
         self._code: dict[str, Any] | None = None  # The shipped code package's reference.
+        self._code_error: str | None = None
         self._jobs: dict[str, Job] = {}
 
     def supports_async(self) -> bool:
@@ -87,18 +88,27 @@ class ModalExecutor(Executor):
         """The transport, started on first use, with the code package shipped if it needs one."""
         with self._lock:
             if self._transport is None:
-                transport = create_transport(self.config, self._on_done)
-                if transport.ships_code and self.config.ship_code:
-                    package = build_code_package(
-                        os.getcwd(), self.config.code_includes, self.config.code_excludes
-                    )
-                    self._code = package.reference(transport.upload_code(package))
-                    self.log(
-                        f"code package {package.digest[:12]}: {package.files} file(s), "
-                        f"{len(package.data) / 1024:.0f} KiB"
-                    )
-                self._transport = transport
+                self._transport = create_transport(self.config, self._on_done)
+                self._code, self._code_error = None, None
+                if self._transport.ships_code and self.config.ship_code:
+                    try:
+                        self._code = self._ship_code(self._transport)
+                    except CodePackageError as error:
+                        self._code_error = str(error)  # Fails every job, without a rescan each.
+            if self._code_error is not None:
+                raise CodePackageError(self._code_error)
             return self._transport, self._code
+
+    def _ship_code(self, transport: Transport) -> dict[str, Any]:
+        package = build_code_package(
+            os.getcwd(), self.config.code_includes, self.config.code_excludes
+        )
+        reference = package.reference(transport.upload_code(package))
+        self.log(
+            f"code package {package.digest[:12]}: {package.files} file(s), "
+            f"{len(package.data) / 1024:.0f} KiB"
+        )
+        return reference
 
     def _reject(self, job: Job, error: BaseException) -> None:
         assert self._scheduler

@@ -33,7 +33,7 @@ def test_parses_strings_from_redun_ini():
             "timeout": "1.5",
             "environment": "dev",
             "ship_code": "no",
-            "pip": "pandas==2.2, scikit-learn",
+            "pip": "pandas==2.2 numpy>=1.26,<3\n scikit-learn",
             "apt": "samtools",
             "image.gpu.registry_image": "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
             "image.gpu.pip": "torch",
@@ -46,7 +46,9 @@ def test_parses_strings_from_redun_ini():
     assert (config.backend, config.max_workers, config.environment) == ("local", 3, "dev")
     assert config.ship_code is False
     assert config.images == {
-        "default": ImageSpec("default", pip=("pandas==2.2", "scikit-learn"), apt=("samtools",)),
+        "default": ImageSpec(
+            "default", pip=("pandas==2.2", "numpy>=1.26,<3", "scikit-learn"), apt=("samtools",)
+        ),
         "gpu": ImageSpec(
             "gpu", pip=("torch",), registry_image="nvidia/cuda:12.4.1-runtime-ubuntu22.04"
         ),

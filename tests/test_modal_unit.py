@@ -146,3 +146,17 @@ def test_deploy_command_reports_bad_config(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("image, name", [("default", "run_job"), ("gpu", "run_job_gpu")])
 def test_function_names(image, name):
     assert modal_app.function_name(image) == name
+
+
+def test_deploy_command_refuses_two_image_sets_for_one_app(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".redun").mkdir()
+    (tmp_path / ".redun" / "redun.ini").write_text(
+        "[executors.a]\ntype = modal\n[executors.b]\ntype = modal\npip = torch\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    with mock.patch.object(modal_app, "deploy") as deploy:
+        assert cli.main(["deploy"]) == 2
+    deploy.assert_not_called()
+    assert "deploy the same app 'redun-modal-executor' with different images" in (
+        capsys.readouterr().err
+    )

@@ -71,8 +71,10 @@ class ModalTransport(Transport):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         # Owned by the loop thread.
-        self._functions: dict[CallOptions, asyncio.Future[Any]] = {}
+        self._bases: dict[str, asyncio.Future[Any]] = {}  # image -> its deployed function
+        self._functions: dict[CallOptions, asyncio.Future[Any]] = {}  # bound variants
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._labels: dict[str, str] = {}
         self._spawns: dict[str, asyncio.Future[Any]] = {}  # key -> its FunctionCall, once spawned
         self._code_upload: Future[None] | None = None
 
@@ -117,6 +119,7 @@ class ModalTransport(Transport):
     # On the loop thread.
 
     def _start(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+        self._labels[key] = label
         self._tasks[key] = asyncio.get_running_loop().create_task(
             self._run(key, label, payload, options)
         )
@@ -150,6 +153,7 @@ class ModalTransport(Transport):
         finally:
             self._tasks.pop(key, None)
             self._spawns.pop(key, None)
+            self._labels.pop(key, None)
         self._on_done(key, outcome)
 
     def _spawned_call(self, key: str) -> Any:
@@ -159,24 +163,14 @@ class ModalTransport(Transport):
         return spawn.result()
 
     async def _bind(self, options: CallOptions) -> Any:
-        import modal
+        """The generic function for ``options``: the image's base, bound to the rest."""
         import modal.exception
 
-        name = function_name(options.image)
-        environment = self._config.environment
-        base = modal.Function.from_name(self._config.app_name, name, environment_name=environment)
-        try:
-            await base.hydrate.aio()
-        except modal.exception.NotFoundError as error:
-            raise AppNotDeployedError(
-                f"the Modal app {self._config.app_name!r} has no function {name!r} in "
-                f"environment {environment or '(profile default)'} ({error}): {DEPLOY_HINT}."
-            ) from None
-        except modal.exception.AuthError as error:
-            raise ModalAuthError(
-                f"Modal could not authenticate ({error}): {TOKEN_HINT}."
-            ) from None
-        kwargs = modal_options(options, environment)
+        image = options.image
+        if image not in self._bases:
+            self._bases[image] = asyncio.ensure_future(self._look_up(image))
+        base = await asyncio.shield(self._bases[image])
+        kwargs = modal_options(options, self._config.environment)
         if not kwargs:
             return base
         variant = base.with_options(**kwargs)
@@ -189,6 +183,25 @@ class ModalTransport(Transport):
             ) from None
         return variant
 
+    async def _look_up(self, image: str) -> Any:
+        """The deployed generic function for one image, hydrated (once per image)."""
+        import modal
+        import modal.exception
+
+        name = function_name(image)
+        environment = self._config.environment
+        base = modal.Function.from_name(self._config.app_name, name, environment_name=environment)
+        try:
+            await base.hydrate.aio()
+        except modal.exception.NotFoundError as error:
+            raise AppNotDeployedError(
+                f"the Modal app {self._config.app_name!r} has no function {name!r} in "
+                f"environment {environment or '(profile default)'} ({error}): {DEPLOY_HINT}."
+            ) from None
+        except modal.exception.AuthError as error:
+            raise ModalAuthError(_auth_message(error)) from None
+        return base
+
     async def _upload(self, package: CodePackage) -> None:
         import modal
         import modal.exception
@@ -198,7 +211,9 @@ class ModalTransport(Transport):
             name, environment_name=self._config.environment, create_if_missing=True
         )
         try:
-            await packages.put.aio(package.digest, package.data, skip_if_exists=True)
+            # Usually the package is there from an earlier run: ask before sending it.
+            if not await packages.contains.aio(package.digest):
+                await packages.put.aio(package.digest, package.data, skip_if_exists=True)
         except modal.exception.AuthError as error:
             raise ModalAuthError(_auth_message(error)) from None
         except Exception as error:
@@ -217,16 +232,12 @@ class ModalTransport(Transport):
             return type(error)(f"{label}: {error}")
         if isinstance(error, modal.exception.AuthError):
             return ModalAuthError(f"{label}: {_auth_message(error)}")
-        if isinstance(error, modal.exception.AuthError):
-            return ModalAuthError(
-                f"{label}: Modal could not authenticate ({error}): {TOKEN_HINT}."
-            )
         call_id = getattr(call, "object_id", None) or "not spawned"
         if isinstance(error, modal.exception.FunctionTimeoutError):
-            seconds = options.timeout or MODAL_DEFAULT_TIMEOUT
+            seconds = math.ceil(options.timeout or MODAL_DEFAULT_TIMEOUT)
             explained: BaseException = CallTimeoutError(
-                f"{label}: timed out after {seconds:g} s on Modal (the `timeout` task option; "
-                f"Modal's default is {MODAL_DEFAULT_TIMEOUT} s) [call {call_id}]"
+                f"{label}: timed out after {seconds} s on Modal (the `timeout` task option or "
+                f"executor setting; Modal's default is {MODAL_DEFAULT_TIMEOUT} s) [call {call_id}]"
             )
         elif isinstance(error, modal.exception.InternalFailure):
             explained = RemoteCallError(
@@ -249,9 +260,7 @@ class ModalTransport(Transport):
 
         async def read() -> None:
             async for entry in call.logs.tail.aio(entries=LOG_TAIL_ENTRIES):
-                lines.append(
-                    entry.message if entry.message.endswith("\n") else entry.message + "\n"
-                )
+                lines.append(entry.message.rstrip("\n") + "\n")
 
         try:
             await asyncio.wait_for(read(), LOG_TAIL_SECONDS)
@@ -261,23 +270,26 @@ class ModalTransport(Transport):
 
     async def _cancel_all(self) -> int:
         """Cancel every call in flight on Modal, within ``STOP_SECONDS``; return how many."""
-        spawns = dict(self._spawns)
+        deadline = asyncio.get_running_loop().time() + STOP_SECONDS
+        spawns, labels = dict(self._spawns), dict(self._labels)
         for task in list(self._tasks.values()):
             task.cancel()
         unspawned = [key for key in self._tasks if key not in spawns]
         self._tasks.clear()
         self._spawns.clear()
-        outcomes = await _within(STOP_SECONDS, *spawns.values())
+        self._labels.clear()
+        outcomes = await _within(deadline, *spawns.values())
         calls = {
             key: call
             for key, call in zip(spawns, outcomes, strict=True)
-            if not isinstance(call, Exception)
+            if not isinstance(call, BaseException)
         }
-        await _within(STOP_SECONDS, *(call.cancel.aio() for call in calls.values()))
+        await _within(deadline, *(call.cancel.aio() for call in calls.values()))
         for key, call in calls.items():
-            self._on_done(key, CallCancelledError(f"Modal call {call.object_id} cancelled"))
+            message = f"{labels[key]}: cancelled on Modal [call {call.object_id}]"
+            self._on_done(key, CallCancelledError(message))
         for key in unspawned:
-            self._on_done(key, CallCancelledError("cancelled before it was spawned"))
+            self._on_done(key, CallCancelledError(f"{labels[key]}: cancelled before it ran"))
         return len(calls)
 
 
@@ -285,12 +297,14 @@ def _auth_message(error: Exception) -> str:
     return f"Modal could not authenticate ({error}): {TOKEN_HINT}."
 
 
-async def _within(seconds: float, *awaitables: Any) -> list[Any]:
-    """Each awaitable's result or exception; ``TimeoutError`` for any pending after ``seconds``."""
+async def _within(deadline: float, *awaitables: Any) -> list[Any]:
+    """Each awaitable's result or exception; ``TimeoutError`` for any still pending at
+    ``deadline`` (event-loop time)."""
     futures = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
     if not futures:
         return []
-    await asyncio.wait(futures, timeout=seconds)
+    remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+    await asyncio.wait(futures, timeout=remaining)
     results: list[Any] = []
     for future in futures:
         if not future.done():
