@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["fake_modal"]  # The `fake_modal` fixture: a Modal control plane on 127.0.0.1.
+
 REDUN = str(Path(sys.executable).with_name("redun"))
 
 LOCAL_CONFIG = """\
@@ -31,17 +33,24 @@ class Project:
         path.write_text(textwrap.dedent(text))
         return path
 
+    def command(self, *args: str) -> list[str]:
+        return [REDUN, *args]
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment, as in an activated virtualenv, without REDUN_*."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDUN_")}
+        # Script jobs find `redun` on PATH.
+        env["PATH"] = os.pathsep.join([os.path.dirname(REDUN), env.get("PATH", "")])
+        return env
+
     def redun(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess:
         """Run the `redun` command in the project; output is stdout and stderr together."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REDUN_")}
-        # As in an activated virtualenv: script jobs find `redun` on PATH.
-        env["PATH"] = os.pathsep.join([os.path.dirname(REDUN), env.get("PATH", "")])
         process = subprocess.run(
-            [REDUN, *args],
+            self.command(*args),
             cwd=self.root,
-            env=env,
+            env=self.environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

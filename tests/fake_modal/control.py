@@ -1,0 +1,676 @@
+"""The fake control plane's state and behaviour: registry, calls, execution, observability.
+
+RPC handlers (servicer.py) call into `ControlPlane`; everything async here runs on the
+server's event loop. Registration, knobs and counters are plain attributes that the test
+thread may set or read at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from grpclib import GRPCError, Status
+from modal._utils.blob_utils import MAX_ASYNC_OBJECT_SIZE_BYTES, MAX_OBJECT_SIZE_BYTES
+from modal_proto import api_pb2
+
+from .blobs import BlobStore
+from .records import (
+    DEFAULT_TIMEOUT,
+    BindRecord,
+    CallRecord,
+    Fault,
+    FaultKind,
+    FunctionSpec,
+    InputRecord,
+    Variant,
+)
+from .workers import Worker, WorkerDied, WorkerPool
+
+Generic = api_pb2.GenericResult
+_DATA_FORMATS = [api_pb2.DATA_FORMAT_PICKLE, api_pb2.DATA_FORMAT_CBOR]
+_OutcomeKind = Literal["success", "failure", "timeout", "crash", "internal_failure", "preempted"]
+
+
+def new_id(prefix: str) -> str:
+    """A Modal-looking object id, e.g. "fc-6f1c..."."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+@dataclasses.dataclass
+class NamedObject:
+    """A Secret or Volume that `from_name` can find."""
+
+    object_id: str
+    name: str
+    environment: str
+    values: dict[str, str] = dataclasses.field(default_factory=dict)  # a Secret's variables
+    entries: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # a Dict's contents
+
+
+@dataclasses.dataclass
+class RpcFault:
+    """Make the next `count` requests of one RPC method fail with a gRPC status."""
+
+    method: str
+    status: Status
+    message: str
+    count: int
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """How one attempt of an input ended."""
+
+    kind: _OutcomeKind
+    reply: dict[str, Any] | None = None
+    message: str = ""
+    task_id: str = ""
+    started_at: float = 0.0
+
+
+class ControlPlane:
+    """Functions, secrets, volumes, calls and their inputs; runs inputs in worker processes."""
+
+    def __init__(
+        self,
+        *,
+        default_environment: str = "main",
+        warm_workers: int = 1,
+        max_concurrency: int = 4,
+        strict_objects: bool = False,
+    ) -> None:
+        # Knobs: the test thread may change these at any time.
+        self.latency = 0.0  # seconds added to every RPC
+        self.retry_delay_scale = 1.0  # multiplies the delays of a function's retry policy
+        self.pipeline_inputs = True  # False: FunctionMap takes no inputs, FunctionPutInputs does
+        self.blob_multipart_threshold = 64 * 1024**2  # larger uploads are multipart
+        self.blob_part_length = 16 * 1024**2
+        self.strict_objects = strict_objects  # unknown Secret/Volume names -> NOT_FOUND
+        self.default_environment = default_environment
+        self.warm_workers = warm_workers
+        self.max_concurrency = max_concurrency
+        # Observability.
+        self.rpc_counts: Counter[str] = Counter()
+        self.rpc_log: list[str] = []  # method names, in the order requests arrived
+        self.inputs_started = 0
+        self.inputs_finished = 0  # inputs that ended with an output other than cancellation
+        self.inputs_cancelled = 0
+        self.preemptions = 0
+        self.executions: Counter[str] = Counter()  # attempts run, by "app/name"
+        self.binds: list[BindRecord] = []
+        self.calls: dict[str, CallRecord] = {}
+        self.inputs: dict[str, InputRecord] = {}
+        # Registry.
+        self.functions: dict[tuple[str, str, str], FunctionSpec] = {}
+        self.variants: dict[str, Variant] = {}
+        self.secrets: dict[str, NamedObject] = {}
+        self.volumes: dict[str, NamedObject] = {}
+        self.dicts: dict[str, NamedObject] = {}
+        self.blob_store = BlobStore()
+        self._app_ids: dict[tuple[str, str], str] = {}
+        self._bound_ids: dict[tuple[str, bytes], str] = {}
+        self._faults: list[Fault] = []
+        self._rpc_faults: list[RpcFault] = []
+        self._lock = threading.Lock()
+        self._running = 0
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._conditions: dict[str, asyncio.Condition] = {}
+        self._pool: WorkerPool | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    # ----- registration and knobs (any thread) -----
+
+    def register_function(
+        self,
+        app: str,
+        name: str,
+        target: str,
+        *,
+        environment: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 0,
+    ) -> FunctionSpec:
+        """Deploy `target` ("module:callable") as function `name` of app `app`."""
+        environment = environment or self.default_environment
+        with self._lock:
+            app_id = self._app_ids.setdefault((environment, app), new_id("ap"))
+            spec = FunctionSpec(
+                app=app,
+                name=name,
+                target=target,
+                environment=environment,
+                function_id=new_id("fu"),
+                app_id=app_id,
+                timeout=timeout,
+                retries=retries,
+            )
+            self.functions[(environment, app, name)] = spec
+            self.variants[spec.function_id] = Variant(spec.function_id, spec)
+        return spec
+
+    def register_secret(
+        self, name: str, values: dict[str, str] | None = None, *, environment: str | None = None
+    ) -> str:
+        """Create a Secret whose values go into the environment of the inputs that use it."""
+        record = NamedObject(
+            new_id("st"), name, environment or self.default_environment, dict(values or {})
+        )
+        self.secrets[record.object_id] = record
+        return record.object_id
+
+    def register_volume(self, name: str, *, environment: str | None = None) -> str:
+        """Create a Volume (recorded only: nothing is mounted)."""
+        record = NamedObject(new_id("vo"), name, environment or self.default_environment)
+        self.volumes[record.object_id] = record
+        return record.object_id
+
+    def inject_fault(
+        self, kind: FaultKind, count: int = 1, *, function: str | None = None, after: float = 0.0
+    ) -> None:
+        """Make the next `count` attempts (of `function`, "app/name", or of any) fail.
+
+        "internal_failure": the input ends with GENERIC_STATUS_INTERNAL_FAILURE without running
+        (the client raises modal.exception.InternalFailure). "preempt": the worker is killed
+        `after` seconds into the attempt and the input runs again, as Modal reschedules a
+        preempted input; the caller sees only the final result. "crash": the worker is killed
+        `after` seconds in, as when a container dies (the client raises RemoteError).
+        """
+        with self._lock:
+            self._faults.extend(Fault(kind, function, after) for _ in range(count))
+
+    def fail_rpc(
+        self, method: str, status: Status = Status.UNAVAILABLE, count: int = 1, message: str = ""
+    ) -> None:
+        """Make the next `count` requests of RPC `method` (e.g. "FunctionMap") fail."""
+        with self._lock:
+            self._rpc_faults.append(RpcFault(method, status, message or "injected fault", count))
+
+    @property
+    def running(self) -> int:
+        """Inputs executing in a worker right now."""
+        return self._running
+
+    def live_worker_pids(self) -> set[int]:
+        """Worker processes that are alive, idle or busy."""
+        return self._pool.pids() if self._pool is not None else set()
+
+    def wait_until(
+        self, predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+    ) -> None:
+        """Poll `predicate()` from the test thread until it is true; AssertionError on timeout."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s")
+            time.sleep(interval)
+
+    # ----- lifecycle (event loop) -----
+
+    async def open(self, worker_env: dict[str, str]) -> None:
+        """Start the blob store and the warm workers."""
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+        await self.blob_store.start()
+        self._pool = WorkerPool(warm=self.warm_workers, env=worker_env)
+        await self._pool.start()
+
+    async def close(self) -> None:
+        """Stop every input and worker, then the blob store."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._pool is not None:
+            await self._pool.close()
+        await self.blob_store.stop()
+
+    # ----- RPC support (event loop) -----
+
+    def take_rpc_fault(self, method: str) -> RpcFault | None:
+        """The injected failure for this request of `method`, if any."""
+        with self._lock:
+            for fault in self._rpc_faults:
+                if fault.method == method and fault.count > 0:
+                    fault.count -= 1
+                    return fault
+        return None
+
+    def environment(self, name: str) -> str:
+        """The environment a request means ("" is the default one)."""
+        return name or self.default_environment
+
+    def lookup_function(self, environment: str, app: str, name: str) -> FunctionSpec:
+        """The deployed function, or NOT_FOUND as the real server answers."""
+        environment = self.environment(environment)
+        if not any(key[0] == environment for key in self.functions):
+            if environment != self.default_environment:
+                raise GRPCError(Status.NOT_FOUND, f"Environment '{environment}' not found")
+        if not any(key[:2] == (environment, app) for key in self.functions):
+            raise GRPCError(
+                Status.NOT_FOUND,
+                f"App '{app}' not found in environment '{environment}'",
+            )
+        spec = self.functions.get((environment, app, name))
+        if spec is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function '{name}' not found in app '{app}'")
+        return spec
+
+    def variant(self, function_id: str) -> Variant:
+        """The function (or bound variant) with this id, or NOT_FOUND."""
+        variant = self.variants.get(function_id)
+        if variant is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function '{function_id}' not found")
+        return variant
+
+    def handle_metadata(self, variant: Variant) -> api_pb2.FunctionHandleMetadata:
+        """What the client hydrates a Function handle with."""
+        spec = variant.spec
+        return api_pb2.FunctionHandleMetadata(
+            function_name=spec.name,
+            function_type=api_pb2.Function.FUNCTION_TYPE_FUNCTION,
+            app_id=spec.app_id,
+            definition_id=f"de-{spec.function_id[3:]}",
+            supported_input_formats=_DATA_FORMATS,
+            supported_output_formats=_DATA_FORMATS,
+            base_function_id="" if variant.function_id == spec.function_id else spec.function_id,
+        )
+
+    def function_data(self, variant: Variant) -> api_pb2.FunctionData:
+        """The function definition FunctionGet returns (the client needs a ranked function)."""
+        spec = variant.spec
+        timeout = int(variant.timeout())
+        definition = api_pb2.Function(
+            function_name=spec.name,
+            module_name=spec.target.partition(":")[0],
+            app_name=spec.app,
+            timeout_secs=timeout,
+            function_type=api_pb2.Function.FUNCTION_TYPE_FUNCTION,
+            supported_input_formats=_DATA_FORMATS,
+            supported_output_formats=_DATA_FORMATS,
+        )
+        return api_pb2.FunctionData(
+            function_name=spec.name,
+            module_name=definition.module_name,
+            function_type=api_pb2.Function.FUNCTION_TYPE_FUNCTION,
+            timeout_secs=timeout,
+            ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=definition)],
+            supported_input_formats=_DATA_FORMATS,
+            supported_output_formats=_DATA_FORMATS,
+        )
+
+    def bind(self, request: api_pb2.FunctionBindParamsRequest) -> Variant:
+        """A variant with the request's options: the same request gives the same id."""
+        base = self.variant(request.function_id)
+        options = request.function_options if request.HasField("function_options") else None
+        for secret_id in options.secret_ids if options is not None else ():
+            if secret_id not in self.secrets:
+                raise GRPCError(Status.NOT_FOUND, f"Secret '{secret_id}' not found")
+        for mount in options.volume_mounts if options is not None else ():
+            if mount.volume_id not in self.volumes:
+                raise GRPCError(Status.NOT_FOUND, f"Volume '{mount.volume_id}' not found")
+        key = (base.spec.function_id, request.SerializeToString(deterministic=True))
+        bound_id = self._bound_ids.get(key)
+        if bound_id is None:
+            bound_id = self._bound_ids[key] = new_id("fu")
+            self.variants[bound_id] = Variant(bound_id, base.spec, options)
+        self.binds.append(
+            BindRecord.decode(
+                base.spec, bound_id, options or api_pb2.FunctionOptions(), self._name_of
+            )
+        )
+        return self.variants[bound_id]
+
+    def secret(self, request: api_pb2.SecretGetOrCreateRequest) -> NamedObject:
+        """Find (or, unless strict, create) a Secret by name."""
+        create = request.object_creation_type in (
+            api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING,
+            api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL,
+        )
+        return self._named(self.secrets, "st", "Secret", request, create)
+
+    def volume(self, request: api_pb2.VolumeGetOrCreateRequest) -> NamedObject:
+        """Find (or, unless strict, create) a Volume by name."""
+        create = request.object_creation_type in (
+            api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING,
+            api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL,
+        )
+        return self._named(self.volumes, "vo", "Volume", request, create)
+
+    def dict(self, request: api_pb2.DictGetOrCreateRequest) -> NamedObject:
+        """Find a Dict by name; create it only if asked (as Modal does, whatever strictness)."""
+        environment = self.environment(request.environment_name)
+        for record in self.dicts.values():
+            if record.name == request.deployment_name and record.environment == environment:
+                return record
+        if request.object_creation_type not in (
+            api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING,
+            api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL,
+        ):
+            raise GRPCError(
+                Status.NOT_FOUND,
+                f"Dict '{request.deployment_name}' not found in environment '{environment}'",
+            )
+        record = NamedObject(new_id("di"), request.deployment_name, environment)
+        self.dicts[record.object_id] = record
+        return record
+
+    def dict_by_id(self, dict_id: str) -> NamedObject:
+        if dict_id not in self.dicts:
+            raise GRPCError(Status.NOT_FOUND, f"Dict {dict_id} not found")
+        return self.dicts[dict_id]
+
+    def _named(
+        self,
+        table: dict[str, NamedObject],
+        prefix: str,
+        kind: str,
+        request: api_pb2.SecretGetOrCreateRequest | api_pb2.VolumeGetOrCreateRequest,
+        create: bool,
+    ) -> NamedObject:
+        environment = self.environment(request.environment_name)
+        for record in table.values():
+            if record.name == request.deployment_name and record.environment == environment:
+                return record
+        if self.strict_objects and not create:
+            raise GRPCError(
+                Status.NOT_FOUND,
+                f"{kind} '{request.deployment_name}' not found in environment '{environment}'",
+            )
+        record = NamedObject(new_id(prefix), request.deployment_name, environment)
+        table[record.object_id] = record
+        return record
+
+    def _name_of(self, object_id: str) -> str:
+        record = self.secrets.get(object_id) or self.volumes.get(object_id)
+        return record.name if record is not None else object_id
+
+    # ----- calls -----
+
+    def new_call(self, function_id: str, invocation_type: int) -> CallRecord:
+        """Record a function call (FunctionMap)."""
+        call = CallRecord(new_id("fc"), self.variant(function_id), invocation_type)
+        self.calls[call.call_id] = call
+        return call
+
+    def call(self, call_id: str) -> CallRecord:
+        """The function call with this id, or NOT_FOUND."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function call '{call_id}' not found")
+        return call
+
+    def put_inputs(
+        self, call: CallRecord, items: Iterable[api_pb2.FunctionPutInputsItem]
+    ) -> list[api_pb2.FunctionPutInputsResponseItem]:
+        """Queue inputs of a call; each starts as soon as a worker slot is free."""
+        accepted = []
+        for item in items:
+            record = InputRecord(new_id("in"), call.call_id, item.idx, item.input)
+            call.inputs.append(record)
+            self.inputs[record.input_id] = record
+            task = asyncio.ensure_future(self._run_input(call, record))
+            self._tasks[record.input_id] = task
+            task.add_done_callback(functools.partial(self._forget_task, record.input_id))
+            accepted.append(
+                api_pb2.FunctionPutInputsResponseItem(
+                    idx=item.idx, input_id=record.input_id, input_jwt=f"jwt-{record.input_id}"
+                )
+            )
+        return accepted
+
+    async def get_outputs(
+        self, request: api_pb2.FunctionGetOutputsRequest
+    ) -> api_pb2.FunctionGetOutputsResponse:
+        """Outputs in the requested index range, waiting up to request.timeout for one."""
+        call = self.call(request.function_call_id)
+        low, high = request.start_idx, max(request.end_idx, request.start_idx)
+
+        def ready() -> list[InputRecord]:
+            return [
+                record
+                for record in call.inputs
+                if low <= record.idx <= high and record.finished and not record.cleared
+            ]
+
+        if request.timeout > 0 and not ready():
+            condition = self._condition(call.call_id)
+            async with condition:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        condition.wait_for(lambda: bool(ready())), request.timeout
+                    )
+        records = ready()
+        if request.clear_on_success:
+            for record in records:
+                assert record.output is not None
+                if record.output.result.status == Generic.GENERIC_STATUS_SUCCESS:
+                    record.cleared = True
+        return api_pb2.FunctionGetOutputsResponse(
+            outputs=[record.output for record in records if record.output is not None],
+            idxs=[record.idx for record in records],
+            num_unfinished_inputs=call.unfinished,
+            last_entry_id="0-0",
+        )
+
+    async def cancel(self, call_id: str) -> None:
+        """Cancel a call: kill its running inputs, wait until their workers are reaped."""
+        call = self.call(call_id)
+        call.cancelled = True
+        ids = [record.input_id for record in call.inputs]
+        tasks = [self._tasks[input_id] for input_id in ids if input_id in self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ----- execution -----
+
+    def _forget_task(self, input_id: str, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(input_id, None)
+
+    def _condition(self, call_id: str) -> asyncio.Condition:
+        condition = self._conditions.get(call_id)
+        if condition is None:
+            condition = self._conditions[call_id] = asyncio.Condition()
+        return condition
+
+    def _take_fault(self, function: str) -> Fault | None:
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.function in (None, function):
+                    return self._faults.pop(index)
+        return None
+
+    async def _run_input(self, call: CallRecord, record: InputRecord) -> None:
+        policy = call.variant.retry_policy()
+        user_retries = 0
+        try:
+            while True:
+                outcome = await self._attempt(call, record)
+                if outcome.kind == "preempted":
+                    record.retry_count += 1
+                    self.preemptions += 1
+                    continue
+                retryable = outcome.kind in ("failure", "timeout", "crash")
+                if retryable and user_retries < policy.retries:
+                    delay_ms = policy.initial_delay_ms * (
+                        (policy.backoff_coefficient or 1.0) ** user_retries
+                    )
+                    delay_ms = min(delay_ms, policy.max_delay_ms or 60_000)
+                    user_retries += 1
+                    record.retry_count += 1
+                    await asyncio.sleep(delay_ms / 1000 * self.retry_delay_scale)
+                    continue
+                await self._finish(call, record, outcome)
+                return
+        except asyncio.CancelledError:
+            if not call.cancelled:
+                raise
+            await self._finish_cancelled(call, record)
+
+    def _arguments(self, record: InputRecord) -> bytes | None:
+        function_input = record.function_input
+        if function_input.args_blob_id:
+            return self.blob_store.blobs.get(function_input.args_blob_id)
+        return function_input.args
+
+    async def _attempt(self, call: CallRecord, record: InputRecord) -> _Outcome:
+        spec = call.variant.spec
+        fault = self._take_fault(spec.key)
+        if fault is not None and fault.kind == "internal_failure":
+            return _Outcome("internal_failure", message="Internal failure (injected by the fake)")
+        arguments = self._arguments(record)
+        if arguments is None:
+            message = f"Input blob {record.function_input.args_blob_id} not found"
+            return _Outcome("failure", message=message)
+        assert self._slots is not None and self._pool is not None
+        async with self._slots:
+            worker = await self._pool.acquire()
+            if record.attempts == 0:
+                self.inputs_started += 1
+            record.attempts += 1
+            record.worker_pids.append(worker.pid)
+            record.state = "running"
+            self.executions[spec.key] += 1
+            self._running += 1
+            try:
+                return await self._drive(call, record, worker, arguments, fault)
+            finally:
+                self._running -= 1
+                record.state = "pending"
+
+    async def _drive(
+        self,
+        call: CallRecord,
+        record: InputRecord,
+        worker: Worker,
+        arguments: bytes,
+        fault: Fault | None,
+    ) -> _Outcome:
+        """Run one attempt in `worker`, enforcing the timeout and any injected fault."""
+        assert self._pool is not None
+        task_id = f"ta-{worker.pid}"
+        started_at = time.time()
+        secrets = [self.secrets[secret_id] for secret_id in call.variant.secret_ids()]
+        request = {
+            "target": call.variant.spec.target,
+            "args": arguments,
+            "data_format": record.function_input.data_format,
+            "task_id": task_id,
+            "input_id": record.input_id,
+            "env": {name: value for secret in secrets for name, value in secret.values.items()},
+        }
+        timeout = call.variant.timeout()
+        run = asyncio.ensure_future(worker.run(request))
+        try:
+            if fault is not None:
+                await asyncio.wait({run}, timeout=min(fault.after, timeout))
+                if not run.done():
+                    await self._stop(worker, run)
+                    kind: _OutcomeKind = "preempted" if fault.kind == "preempt" else "crash"
+                    message = f"Worker of input {record.input_id} was killed (injected {kind})"
+                    return _Outcome(kind, message=message, task_id=task_id, started_at=started_at)
+            remaining = max(0.0, timeout - (time.time() - started_at))
+            await asyncio.wait({run}, timeout=remaining)
+            if not run.done():
+                await self._stop(worker, run)
+                message = f"Task's current input {record.input_id} hit its timeout of {timeout:g}s"
+                return _Outcome("timeout", message=message, task_id=task_id, started_at=started_at)
+            reply = run.result()
+        except WorkerDied as died:
+            await self._pool.discard(worker)
+            message = (
+                f"Runner for input {record.input_id} terminated unexpectedly "
+                f"(exit code {died.returncode})"
+            )
+            return _Outcome("crash", message=message, task_id=task_id, started_at=started_at)
+        except asyncio.CancelledError:
+            await self._stop(worker, run)
+            raise
+        self._pool.release(worker)
+        kind = "success" if reply["ok"] else "failure"
+        return _Outcome(kind, reply=reply, task_id=task_id, started_at=started_at)
+
+    async def _stop(self, worker: Worker, run: asyncio.Future[Any]) -> None:
+        assert self._pool is not None
+        run.cancel()
+        await self._pool.discard(worker)
+        await asyncio.gather(run, return_exceptions=True)
+
+    def _result(
+        self, call: CallRecord, outcome: _Outcome
+    ) -> tuple[api_pb2.GenericResult, api_pb2.DataFormat.ValueType]:
+        """The GenericResult and data format a container would have reported."""
+        if outcome.reply is None:
+            status = {
+                "failure": Generic.GENERIC_STATUS_FAILURE,
+                "crash": Generic.GENERIC_STATUS_FAILURE,
+                "timeout": Generic.GENERIC_STATUS_TIMEOUT,
+                "internal_failure": Generic.GENERIC_STATUS_INTERNAL_FAILURE,
+            }[outcome.kind]
+            result = Generic(status=status, exception=outcome.message)
+            return result, api_pb2.DATA_FORMAT_UNSPECIFIED
+        reply = outcome.reply
+        limit = MAX_OBJECT_SIZE_BYTES
+        if call.invocation_type == api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC:
+            limit = min(MAX_OBJECT_SIZE_BYTES, MAX_ASYNC_OBJECT_SIZE_BYTES)
+        result = Generic()
+        data: bytes = reply["data"]
+        if len(data) > limit:
+            result.data_blob_id = self.blob_store.put(data)
+        elif data:
+            result.data = data
+        if reply["ok"]:
+            result.status = Generic.GENERIC_STATUS_SUCCESS
+        else:
+            result.status = Generic.GENERIC_STATUS_FAILURE
+            result.exception = reply["exception"]
+            result.traceback = reply["traceback"]
+            result.serialized_tb = reply["serialized_tb"]
+            result.tb_line_cache = reply["tb_line_cache"]
+        return result, reply["data_format"]
+
+    async def _finish(self, call: CallRecord, record: InputRecord, outcome: _Outcome) -> None:
+        result, data_format = self._result(call, outcome)
+        record.output = api_pb2.FunctionGetOutputsItem(
+            result=result,
+            idx=record.idx,
+            input_id=record.input_id,
+            data_format=data_format,
+            task_id=outcome.task_id,
+            input_started_at=outcome.started_at,
+            output_created_at=time.time(),
+            retry_count=record.retry_count,
+        )
+        record.state = "done"
+        self.inputs_finished += 1
+        await self._notify(call)
+
+    async def _finish_cancelled(self, call: CallRecord, record: InputRecord) -> None:
+        # What a container reports for a cancelled input (container_io_manager.py):
+        # GENERIC_STATUS_TERMINATED with no data; the client raises RemoteError for it.
+        record.output = api_pb2.FunctionGetOutputsItem(
+            result=Generic(
+                status=Generic.GENERIC_STATUS_TERMINATED,
+                exception=f"Input {record.input_id} was cancelled",
+            ),
+            idx=record.idx,
+            input_id=record.input_id,
+            output_created_at=time.time(),
+            retry_count=record.retry_count,
+        )
+        record.state = "cancelled"
+        self.inputs_cancelled += 1
+        await self._notify(call)
+
+    async def _notify(self, call: CallRecord) -> None:
+        condition = self._condition(call.call_id)
+        async with condition:
+            condition.notify_all()

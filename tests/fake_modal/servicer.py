@@ -1,0 +1,306 @@
+"""The gRPC face of the fake: the ModalClient methods the client uses to call functions.
+
+Every other method of the service answers UNIMPLEMENTED (the client's own
+`patch_mock_servicer` fills them in), so a flow the fake does not know fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import TYPE_CHECKING
+
+from google.protobuf import empty_pb2
+from grpclib import GRPCError, Status
+from grpclib.events import RecvRequest
+from modal._utils.grpc_testing import patch_mock_servicer
+from modal_proto import api_grpc, api_pb2
+
+from .control import ControlPlane
+
+if TYPE_CHECKING:
+    from grpclib.server import Stream
+
+
+def _fake_jwt(lifetime: float = 3600.0) -> str:
+    """A token the client can decode for its expiry (it never checks a signature)."""
+
+    def part(payload: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part({'exp': int(time.time() + lifetime)})}.fake"
+
+
+@patch_mock_servicer
+class FakeModalServicer(api_grpc.ModalClientBase):
+    """Answers the client's RPCs from a ControlPlane."""
+
+    def __init__(self, control: ControlPlane, token_id: str, token_secret: str) -> None:
+        self.control = control
+        self.token_id = token_id
+        self.token_secret = token_secret
+
+    async def on_request(self, event: RecvRequest) -> None:
+        """Count, authenticate, delay, and fail (if asked to) every incoming request."""
+        method = event.method_name.rsplit("/", 1)[-1]
+        self.control.rpc_counts[method] += 1
+        self.control.rpc_log.append(method)
+        metadata = event.metadata
+        if metadata.get("x-modal-client-type") == str(api_pb2.CLIENT_TYPE_CLIENT):
+            credentials = (metadata.get("x-modal-token-id"), metadata.get("x-modal-token-secret"))
+            if credentials != (self.token_id, self.token_secret):
+                raise GRPCError(Status.UNAUTHENTICATED, "Invalid token id or secret")
+        if self.control.latency > 0:
+            await asyncio.sleep(self.control.latency)
+        fault = self.control.take_rpc_fault(method)
+        if fault is not None:
+            raise GRPCError(fault.status, fault.message)
+
+    # ----- connection -----
+
+    async def ClientHello(
+        self, stream: Stream[empty_pb2.Empty, api_pb2.ClientHelloResponse]
+    ) -> None:
+        """What `Client.hello()` and `modal token` checks call."""
+        await stream.recv_message()
+        await stream.send_message(api_pb2.ClientHelloResponse())
+
+    async def AuthTokenGet(
+        self, stream: Stream[api_pb2.AuthTokenGetRequest, api_pb2.AuthTokenGetResponse]
+    ) -> None:
+        """A short-lived token (used by the client for input-plane calls)."""
+        await stream.recv_message()
+        await stream.send_message(api_pb2.AuthTokenGetResponse(token=_fake_jwt()))
+
+    # ----- functions -----
+
+    async def FunctionGet(
+        self, stream: Stream[api_pb2.FunctionGetRequest, api_pb2.FunctionGetResponse]
+    ) -> None:
+        """Hydrate `Function.from_name(app, name, environment_name=...)`."""
+        request = await stream.recv_message()
+        assert request is not None
+        spec = self.control.lookup_function(
+            request.environment_name, request.app_name, request.object_tag
+        )
+        variant = self.control.variant(spec.function_id)
+        await stream.send_message(
+            api_pb2.FunctionGetResponse(
+                function_id=spec.function_id,
+                handle_metadata=self.control.handle_metadata(variant),
+                function=self.control.function_data(variant),
+            )
+        )
+
+    async def FunctionGetById(
+        self, stream: Stream[api_pb2.FunctionGetByIdRequest, api_pb2.FunctionGetByIdResponse]
+    ) -> None:
+        """Hydrate `Function.from_id(function_id)`."""
+        request = await stream.recv_message()
+        assert request is not None
+        variant = self.control.variant(request.function_id)
+        await stream.send_message(
+            api_pb2.FunctionGetByIdResponse(
+                handle_metadata=self.control.handle_metadata(variant),
+                function=self.control.function_data(variant),
+            )
+        )
+
+    async def FunctionBindParams(
+        self,
+        stream: Stream[api_pb2.FunctionBindParamsRequest, api_pb2.FunctionBindParamsResponse],
+    ) -> None:
+        """Hydrate `fn.with_options(...)`: a variant with its own function id."""
+        request = await stream.recv_message()
+        assert request is not None
+        variant = self.control.bind(request)
+        await stream.send_message(
+            api_pb2.FunctionBindParamsResponse(
+                bound_function_id=variant.function_id,
+                handle_metadata=self.control.handle_metadata(variant),
+            )
+        )
+
+    async def SecretGetOrCreate(
+        self,
+        stream: Stream[api_pb2.SecretGetOrCreateRequest, api_pb2.SecretGetOrCreateResponse],
+    ) -> None:
+        """Hydrate `Secret.from_name(name)`."""
+        request = await stream.recv_message()
+        assert request is not None
+        secret = self.control.secret(request)
+        metadata = api_pb2.SecretMetadata(
+            name=secret.name, environment_name=secret.environment, keys=sorted(secret.values)
+        )
+        await stream.send_message(
+            api_pb2.SecretGetOrCreateResponse(secret_id=secret.object_id, metadata=metadata)
+        )
+
+    async def VolumeGetOrCreate(
+        self,
+        stream: Stream[api_pb2.VolumeGetOrCreateRequest, api_pb2.VolumeGetOrCreateResponse],
+    ) -> None:
+        """Hydrate `Volume.from_name(name)`."""
+        request = await stream.recv_message()
+        assert request is not None
+        volume = self.control.volume(request)
+        version = request.version or api_pb2.VOLUME_FS_VERSION_V1
+        await stream.send_message(
+            api_pb2.VolumeGetOrCreateResponse(
+                volume_id=volume.object_id,
+                version=version,
+                metadata=api_pb2.VolumeMetadata(name=volume.name, version=version),
+            )
+        )
+
+    # ----- dicts (where the executor keeps code packages) -----
+
+    async def DictGetOrCreate(
+        self, stream: Stream[api_pb2.DictGetOrCreateRequest, api_pb2.DictGetOrCreateResponse]
+    ) -> None:
+        """Hydrate `Dict.from_name(name, create_if_missing=...)`."""
+        request = await stream.recv_message()
+        assert request is not None
+        record = self.control.dict(request)
+        await stream.send_message(
+            api_pb2.DictGetOrCreateResponse(
+                dict_id=record.object_id,
+                metadata=api_pb2.DictMetadata(name=record.name),
+            )
+        )
+
+    async def DictContains(
+        self, stream: Stream[api_pb2.DictContainsRequest, api_pb2.DictContainsResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        entries = self.control.dict_by_id(request.dict_id).entries
+        await stream.send_message(api_pb2.DictContainsResponse(found=request.key in entries))
+
+    async def DictGet(
+        self, stream: Stream[api_pb2.DictGetRequest, api_pb2.DictGetResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        entries = self.control.dict_by_id(request.dict_id).entries
+        found = request.key in entries
+        await stream.send_message(
+            api_pb2.DictGetResponse(found=found, value=entries.get(request.key, b""))
+        )
+
+    async def DictUpdate(
+        self, stream: Stream[api_pb2.DictUpdateRequest, api_pb2.DictUpdateResponse]
+    ) -> None:
+        """`put` and `update`; `if_not_exists` keeps existing keys (and says nothing was made)."""
+        request = await stream.recv_message()
+        assert request is not None
+        entries = self.control.dict_by_id(request.dict_id).entries
+        created = False
+        for update in request.updates:
+            if request.if_not_exists and update.key in entries:
+                continue
+            entries[update.key] = update.value
+            created = True
+        await stream.send_message(api_pb2.DictUpdateResponse(created=created))
+
+    # ----- calls -----
+
+    async def FunctionMap(
+        self, stream: Stream[api_pb2.FunctionMapRequest, api_pb2.FunctionMapResponse]
+    ) -> None:
+        """Create a function call; its inputs come pipelined here (or via FunctionPutInputs)."""
+        request = await stream.recv_message()
+        assert request is not None
+        call = self.control.new_call(request.function_id, request.function_call_invocation_type)
+        response = api_pb2.FunctionMapResponse(
+            function_call_id=call.call_id,
+            function_call_jwt=f"jwt-{call.call_id}",
+            retry_policy=call.variant.retry_policy(),
+            sync_client_retries_enabled=False,  # this server retries, as for spawned calls
+        )
+        if self.control.pipeline_inputs:
+            accepted = self.control.put_inputs(call, request.pipelined_inputs)
+            response.pipelined_inputs.extend(accepted)
+        await stream.send_message(response)
+
+    async def FunctionPutInputs(
+        self, stream: Stream[api_pb2.FunctionPutInputsRequest, api_pb2.FunctionPutInputsResponse]
+    ) -> None:
+        """Add inputs to a function call."""
+        request = await stream.recv_message()
+        assert request is not None
+        call = self.control.call(request.function_call_id)
+        accepted = self.control.put_inputs(call, request.inputs)
+        await stream.send_message(api_pb2.FunctionPutInputsResponse(inputs=accepted))
+
+    async def FunctionGetOutputs(
+        self,
+        stream: Stream[api_pb2.FunctionGetOutputsRequest, api_pb2.FunctionGetOutputsResponse],
+    ) -> None:
+        """Long-poll for outputs: wait up to the request's timeout, then answer empty."""
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_message(await self.control.get_outputs(request))
+
+    async def FunctionCallFromId(
+        self,
+        stream: Stream[api_pb2.FunctionCallFromIdRequest, api_pb2.FunctionCallFromIdResponse],
+    ) -> None:
+        """Metadata of a function call (`FunctionCall.num_inputs()` and the like)."""
+        request = await stream.recv_message()
+        assert request is not None
+        call = self.control.call(request.function_call_id)
+        await stream.send_message(
+            api_pb2.FunctionCallFromIdResponse(
+                function_call_id=call.call_id,
+                num_inputs=len(call.inputs),
+                metadata=api_pb2.FunctionCallHandleMetadata(
+                    app_id=call.variant.spec.app_id, function_id=call.variant.function_id
+                ),
+            )
+        )
+
+    async def FunctionCallCancel(
+        self, stream: Stream[api_pb2.FunctionCallCancelRequest, empty_pb2.Empty]
+    ) -> None:
+        """Cancel a call; answers once its running inputs' workers are gone."""
+        request = await stream.recv_message()
+        assert request is not None
+        await self.control.cancel(request.function_call_id)
+        await stream.send_message(empty_pb2.Empty())
+
+    # ----- blobs -----
+
+    async def BlobCreate(
+        self, stream: Stream[api_pb2.BlobCreateRequest, api_pb2.BlobCreateResponse]
+    ) -> None:
+        """Hand out an upload URL (or part URLs, for a large blob) on the blob store."""
+        request = await stream.recv_message()
+        assert request is not None
+        store = self.control.blob_store
+        blob_id = store.create(request.content_length)
+        response = api_pb2.BlobCreateResponse(blob_id=blob_id, blob_ids=[blob_id])
+        if request.content_length > self.control.blob_multipart_threshold:
+            part_length = self.control.blob_part_length
+            upload = api_pb2.MultiPartUpload(
+                part_length=part_length,
+                upload_urls=store.part_urls(blob_id, part_length, request.content_length),
+                completion_url=store.completion_url(blob_id),
+            )
+            response.multiparts.items.append(upload)
+        else:
+            response.upload_urls.items.append(store.upload_url(blob_id))
+        await stream.send_message(response)
+
+    async def BlobGet(
+        self, stream: Stream[api_pb2.BlobGetRequest, api_pb2.BlobGetResponse]
+    ) -> None:
+        """Hand out a download URL for a stored blob."""
+        request = await stream.recv_message()
+        assert request is not None
+        if request.blob_id not in self.control.blob_store.blobs:
+            raise GRPCError(Status.NOT_FOUND, f"Blob '{request.blob_id}' not found")
+        url = self.control.blob_store.download_url(request.blob_id)
+        await stream.send_message(api_pb2.BlobGetResponse(download_url=url))

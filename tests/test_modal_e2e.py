@@ -1,0 +1,253 @@
+"""`redun run` against the fake Modal control plane, through the real `modal` client.
+
+The fake runs the deployed generic function (`modal_app.run_job`) for real, in worker
+processes that, as on Modal, cannot import the project's files: code arrives by code shipping.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+from test_e2e import final_line, ran
+
+pytestmark = pytest.mark.e2e
+
+APP = "redun-modal-executor"
+TARGET = "redun_modal_executor.modal_app:run_job"
+
+MODAL_CONFIG = """\
+[executors.default]
+type = modal
+image.gpu.pip = torch
+"""
+
+
+@pytest.fixture
+def modal_project(project, fake_modal):
+    """A project whose default executor is the Modal backend, with the app "deployed"."""
+    project.write(".redun/redun.ini", MODAL_CONFIG)
+    fake_modal.register_function(APP, "run_job", TARGET)
+    fake_modal.register_function(APP, "run_job_gpu", TARGET)
+    fake_modal.register_secret("hf-token", {"HF_TOKEN": "not-a-real-token"})
+    fake_modal.register_volume("my-volume")
+    return project
+
+
+WORKFLOW = """\
+from redun import task
+
+@task
+def square(x: int) -> int:
+    return x * x
+
+@task
+def main(n: int = 4) -> int:
+    return sum_all([square(i) for i in range(n)])
+
+@task
+def sum_all(values: list) -> int:
+    return sum(values)
+"""
+
+
+def test_workflow_runs_on_modal_and_reruns_from_cache_without_rpcs(modal_project, fake_modal):
+    modal_project.write("wf.py", WORKFLOW)
+    output = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(output) == "14"
+    assert ran(output, "square") == 4
+    jobs = 6  # main, 4 x square, sum_all
+    assert fake_modal.rpc_counts["FunctionMap"] == jobs
+    assert fake_modal.rpc_counts["FunctionGet"] == 1  # one lookup per image, per run
+    assert fake_modal.executions[f"{APP}/run_job"] == jobs
+    assert "code package" in output
+
+    fake_modal.rpc_counts.clear()
+    again = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(again) == "14"
+    assert sum(fake_modal.rpc_counts.values()) == 0
+
+
+def test_task_options_become_one_bound_variant(modal_project, fake_modal):
+    modal_project.write(
+        "wf.py",
+        """\
+        import os
+        from redun import task
+
+        @task(gpu="A10G", cpu=2, memory=1024, timeout=60, retries=1, image="gpu",
+              secrets=["hf-token"], volumes={"/data": "my-volume"})
+        def train(i: int) -> str:
+            return os.environ["HF_TOKEN"][:3] + str(i)
+
+        @task
+        def main() -> list:
+            return [train(i) for i in range(3)]
+        """,
+    )
+    output = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(output) == "['not0', 'not1', 'not2']"
+    (bind,) = fake_modal.binds
+    assert (bind.gpu, bind.cpu, bind.memory, bind.timeout, bind.retries) == (
+        "A10G",
+        2.0,
+        1024,
+        60,
+        1,
+    )
+    assert bind.secrets == ("hf-token",)
+    assert bind.volumes == {"/data": "my-volume"}
+    assert fake_modal.executions[f"{APP}/run_job_gpu"] == 3
+    assert fake_modal.rpc_counts["FunctionBindParams"] == 1
+
+
+def test_big_values_travel_through_blobs(modal_project, fake_modal):
+    modal_project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task
+        def reverse(data: bytes) -> bytes:
+            return data[::-1]
+
+        @task
+        def main() -> int:
+            return check(reverse(bytes(range(256)) * 8192))
+
+        @task
+        def check(data: bytes) -> int:
+            return len(data) if data[:2] == bytes([255, 254]) else -1
+        """,
+    )
+    output = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(output) == str(256 * 8192)
+    assert fake_modal.rpc_counts["BlobCreate"] >= 2  # both big arguments went up as blobs
+    assert fake_modal.rpc_counts["BlobGet"] >= 1  # and the big result came down as one
+
+
+def test_remote_exception_keeps_type_message_and_traceback(modal_project):
+    modal_project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task
+        def fails(x: int) -> int:
+            print("checking", x)
+            raise KeyError(f"no sample {x}")
+
+        @task
+        def main() -> int:
+            return fails(7)
+        """,
+    )
+    process = modal_project.redun("run", "wf.py", "main", check=False)
+    assert process.returncode != 0
+    assert "KeyError: 'no sample 7'" in process.stdout
+    assert 'raise KeyError(f"no sample {x}")' in process.stdout
+    assert "checking 7" in process.stdout
+
+
+def test_timeout_names_the_option_and_the_call(modal_project):
+    modal_project.write(
+        "wf.py",
+        """\
+        import time
+        from redun import task
+
+        @task(timeout=1)
+        def slow() -> int:
+            time.sleep(60)
+            return 1
+        """,
+    )
+    process = modal_project.redun("run", "wf.py", "slow", check=False, timeout=60)
+    assert process.returncode != 0
+    assert "CallTimeoutError: Task slow: timed out after 1 s on Modal" in process.stdout
+    assert "[call fc-" in process.stdout
+
+
+def test_edited_code_runs_without_redeploy(modal_project, fake_modal):
+    workflow = modal_project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task
+        def version() -> str:
+            return "first"
+        """,
+    )
+    assert final_line(modal_project.redun("run", "wf.py", "version").stdout) == "'first'"
+    workflow.write_text(workflow.read_text().replace('"first"', '"second"'))
+    assert final_line(modal_project.redun("run", "wf.py", "version").stdout) == "'second'"
+    (packages,) = fake_modal.dicts.values()
+    assert packages.name == f"{APP}-code"
+    assert len(packages.entries) == 2  # one package per code version, uploaded once each
+
+
+def test_app_not_deployed_says_how_to_deploy(project, fake_modal):
+    project.write(".redun/redun.ini", MODAL_CONFIG)
+    project.write("wf.py", WORKFLOW)
+    process = project.redun("run", "wf.py", "main", check=False)
+    assert process.returncode != 0
+    assert "AppNotDeployedError: Task main: the Modal app 'redun-modal-executor' has no " in (
+        process.stdout
+    )
+    assert "run `redun-modal deploy`" in process.stdout
+
+
+def test_missing_credentials_say_how_to_set_a_token(modal_project, monkeypatch, tmp_path):
+    monkeypatch.delenv("MODAL_TOKEN_ID")
+    monkeypatch.delenv("MODAL_TOKEN_SECRET")
+    (tmp_path / "empty.toml").write_text("")
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "empty.toml"))
+    modal_project.write("wf.py", WORKFLOW)
+    process = modal_project.redun("run", "wf.py", "main", check=False)
+    assert process.returncode != 0
+    assert "ModalAuthError" in process.stdout
+    assert "run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET" in (
+        process.stdout
+    )
+
+
+def test_ctrl_c_cancels_every_call_in_flight(modal_project, fake_modal):
+    modal_project.write(
+        "wf.py",
+        """\
+        import time
+        from redun import task
+
+        @task
+        def nap(i: int) -> int:
+            time.sleep(60)
+            return i
+
+        @task
+        def main() -> list:
+            return [nap(i) for i in range(3)]
+        """,
+    )
+    process = subprocess.Popen(
+        [*modal_project.command("run", "wf.py", "main")],
+        cwd=modal_project.root,
+        env=modal_project.environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        fake_modal.wait_until(lambda: fake_modal.running >= 3, timeout=60)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert "cancelled 3 call(s) still in flight" in output
+    deadline = time.monotonic() + 10
+    while fake_modal.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fake_modal.running == 0
+    assert fake_modal.inputs_cancelled == 3
