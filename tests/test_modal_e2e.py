@@ -59,8 +59,14 @@ def test_workflow_runs_on_modal_and_reruns_from_cache_without_rpcs(modal_project
     assert final_line(output) == "14"
     assert ran(output, "square") == 4
     jobs = 6  # main, 4 x square, sum_all
-    assert fake_modal.rpc_counts["FunctionMap"] == jobs
-    assert fake_modal.rpc_counts["FunctionGet"] == 1  # one lookup per image, per run
+    # Per job: one spawn (FunctionMap) and one long-polled get (FunctionGetOutputs). Per run:
+    # one lookup of the image's function, and the code package (Dict lookup, contains, put);
+    # per container and code version: the package's download (Dict lookup, get).
+    counts = fake_modal.rpc_counts
+    assert counts["FunctionMap"] == counts["FunctionGetOutputs"] == jobs
+    assert counts["FunctionGet"] == counts["DictContains"] == counts["DictUpdate"] == 1
+    assert counts["DictGet"] >= 1
+    assert sum(counts.values()) == 2 * jobs + 4 + 2 * counts["DictGet"]
     assert fake_modal.executions[f"{APP}/run_job"] == jobs
     assert "code package" in output
 

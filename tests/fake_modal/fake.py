@@ -152,7 +152,11 @@ class FakeModal(ControlPlane):
         self._server = grpclib.server.Server([servicer])
         grpclib.events.listen(self._server, grpclib.events.RecvRequest, servicer.on_request)
         await self._server.start(sock=self._socket)
-        await self.open(self.env)
+        # Workers get a temp dir of their own, like a container's local disk: nothing they
+        # cache there (code packages, say) outlives this fake.
+        worker_tmp = self.config_path.parent / "worker-tmp"
+        worker_tmp.mkdir(exist_ok=True)
+        await self.open({**self.env, "TMPDIR": str(worker_tmp)})
 
     async def _shutdown(self) -> None:
         await self.close()
