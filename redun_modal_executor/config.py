@@ -257,6 +257,14 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "edited code runs remotely without a redeploy.",
     ),
     Setting(
+        "reattach",
+        _flag,
+        "true",
+        "Record each Modal call in the redun database as it is spawned, so that a scheduler "
+        "killed mid-run and started again waits for the calls still running (or finished) "
+        "instead of running them again.",
+    ),
+    Setting(
         "code_includes",
         _words,
         "**/*.py",
@@ -437,6 +445,7 @@ class ExecutorConfig:
     app_name: str = DEFAULT_APP_NAME
     environment: str | None = None
     ship_code: bool = True
+    reattach: bool = True
     code_includes: tuple[str, ...] = ("**/*.py",)
     code_excludes: tuple[str, ...] = ()
     scratch: str = "/tmp/redun"

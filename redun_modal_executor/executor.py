@@ -16,6 +16,7 @@ from redun_modal_executor.config import (
     resolve_call_options,
 )
 from redun_modal_executor.errors import CodePackageError, PayloadError, SerializationError
+from redun_modal_executor.inflight import InflightCalls
 from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
 from redun_modal_executor.transport import Transport, create_transport
 
@@ -43,6 +44,7 @@ class ModalExecutor(Executor):
         self._transport: Transport | None = None
         self._code: dict[str, Any] | None = None  # The shipped code package's reference.
         self._code_error: str | None = None
+        self._inflight: InflightCalls | None = None
         self._jobs: dict[str, Job] = {}
 
     def supports_async(self) -> bool:
@@ -61,10 +63,13 @@ class ModalExecutor(Executor):
         """Cancel the calls still in flight; the next submission starts afresh."""
         with self._lock:
             transport, self._transport, self._code = self._transport, None, None
+            inflight, self._inflight = self._inflight, None
         if transport is not None:
             cancelled = transport.stop()
             if cancelled:
                 self.log(f"cancelled {cancelled} call(s) still in flight")
+        if inflight is not None:
+            inflight.release()
         with self._lock:
             self._jobs.clear()
 
@@ -80,15 +85,20 @@ class ModalExecutor(Executor):
         except (TaskOptionError, SerializationError, CodePackageError) as error:
             self._reject(job, error)
             return
+        label = f"Task {job.task.fullname}"
+        reattach_to = self._inflight.claim(job.eval_hash) if self._inflight else None
+        if reattach_to is not None:
+            self.log(f"{label}: reattaching to Modal call {reattach_to}, left by an earlier run")
         with self._lock:
             self._jobs[job.id] = job
-        transport.spawn(job.id, f"Task {job.task.fullname}", payload, options)
+        transport.spawn(job.id, label, payload, options, reattach_to)
 
     def _ready_transport(self) -> tuple[Transport, dict[str, Any] | None]:
         """The transport, started on first use, with the code package shipped if it needs one."""
         with self._lock:
             if self._transport is None:
-                self._transport = create_transport(self.config, self._on_done)
+                self._transport = create_transport(self.config, self._on_done, self._on_spawned)
+                self._inflight = self._open_inflight_calls(self._transport)
                 self._code, self._code_error = None, None
                 if self._transport.ships_code and self.config.ship_code:
                     try:
@@ -98,6 +108,26 @@ class ModalExecutor(Executor):
             if self._code_error is not None:
                 raise CodePackageError(self._code_error)
             return self._transport, self._code
+
+    def _open_inflight_calls(self, transport: Transport) -> InflightCalls | None:
+        """The in-flight call table, where reattaching is on and possible."""
+        backend = self._scheduler.backend if self._scheduler else None
+        engine = getattr(backend, "engine", None)
+        if not (self.config.reattach and transport.reattaches and engine is not None):
+            return None
+        # redun guards its database with this lock; sharing it keeps sqlite to one writer.
+        return InflightCalls(engine, getattr(backend, "_db_lock", None))
+
+    def _on_spawned(self, key: str, call_id: str) -> None:
+        """Record a new call for reattaching (from a worker thread; failures only warn)."""
+        with self._lock:
+            job, inflight = self._jobs.get(key), self._inflight
+        if job is None or inflight is None or not job.eval_hash:
+            return
+        try:
+            inflight.record(job.eval_hash, call_id, job.task.fullname)
+        except Exception as error:
+            self.log(f"could not record Modal call {call_id} for reattaching: {error}")
 
     def _ship_code(self, transport: Transport) -> dict[str, Any]:
         package = build_code_package(

@@ -257,3 +257,82 @@ def test_ctrl_c_cancels_every_call_in_flight(modal_project, fake_modal):
         time.sleep(0.1)
     assert fake_modal.running == 0
     assert fake_modal.inputs_cancelled == 3
+
+
+def inflight_rows(project) -> int:
+    import sqlite3
+
+    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
+        try:
+            return db.execute("select count(*) from redun_modal_inflight_call").fetchone()[0]
+        except sqlite3.OperationalError:  # Not created yet.
+            return 0
+
+
+NAPS = """\
+import time
+from redun import task
+
+@task
+def nap(i: int) -> int:
+    time.sleep(4)
+    return i
+
+@task
+def main() -> int:
+    return total([nap(i) for i in range(3)])
+
+@task
+def total(values: list) -> int:
+    return sum(values)
+"""
+
+
+def kill_mid_run(project, fake_modal) -> None:
+    """Start `redun run wf.py main`, SIGKILL it once its naps are spawned and recorded."""
+    process = subprocess.Popen(
+        project.command("run", "wf.py", "main"),
+        cwd=project.root,
+        env=project.environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # main's call and three naps, each recorded as soon as it was spawned.
+        fake_modal.wait_until(lambda: inflight_rows(project) == 4, timeout=60)
+    finally:
+        process.kill()  # SIGKILL: no stop(), no cancel, the naps keep running on "Modal".
+        process.wait()
+
+
+def test_killed_scheduler_reattaches_instead_of_running_again(modal_project, fake_modal):
+    modal_project.write("wf.py", NAPS)
+    kill_mid_run(modal_project, fake_modal)
+    assert fake_modal.running == 3
+
+    output = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(output) == "3"
+    # main's result was recorded before the kill: cached now. The naps were still running.
+    assert output.count("reattaching to Modal call fc-") == 3
+    executions = fake_modal.executions[f"{APP}/run_job"]
+    assert executions == 5  # main, 3 x nap and total: each ran exactly once.
+    assert inflight_rows(modal_project) == 0  # A run that ends normally leaves no rows.
+
+
+def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
+    import sqlite3
+
+    import modal
+
+    modal_project.write("wf.py", NAPS)
+    kill_mid_run(modal_project, fake_modal)
+    with sqlite3.connect(modal_project.root / ".redun" / "redun.db") as db:
+        call_ids = [row[0] for row in db.execute("select call_id from redun_modal_inflight_call")]
+    for call_id in call_ids:
+        modal.FunctionCall.from_id(call_id).cancel()
+    fake_modal.wait_until(lambda: fake_modal.running == 0)
+
+    output = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(output) == "3"
+    assert output.count("reattaching to Modal call fc-") == 3
+    assert fake_modal.executions[f"{APP}/run_job"] == 5 + 3  # The naps ran again, once.

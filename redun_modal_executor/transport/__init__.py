@@ -17,6 +17,8 @@ from redun_modal_executor.config import CallOptions, ExecutorConfig
 # Called from the transport's own thread with the key given to ``spawn`` and either the result
 # envelope or the exception that kept the call from producing one.
 OnDone = Callable[[str, bytes | BaseException], None]
+# Called (in a worker thread: it may block) with a key and the id of the call now running it.
+OnSpawned = Callable[[str, str], None]
 
 
 class Transport(ABC):
@@ -24,6 +26,8 @@ class Transport(ABC):
 
     # Whether workers need the client's code package (they cannot import from its files).
     ships_code = False
+    # Whether calls outlive their client, so that a later client can await them by id.
+    reattaches = False
 
     def __init__(self, on_done: OnDone) -> None:
         self._on_done = on_done
@@ -34,15 +38,26 @@ class Transport(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not ship code")
 
     @abstractmethod
-    def spawn(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
-        """Queue one call and return at once; its outcome reaches ``on_done`` later."""
+    def spawn(
+        self,
+        key: str,
+        label: str,
+        payload: bytes,
+        options: CallOptions,
+        reattach_to: str | None = None,
+    ) -> None:
+        """Queue one call and return at once; its outcome reaches ``on_done`` later.
+
+        ``reattach_to`` names a call a previous client spawned for the same work: its result
+        is awaited instead, and a fresh call is made only if it cannot be had. Transports
+        whose calls die with their client ignore it."""
 
     @abstractmethod
     def stop(self) -> int:
         """Cancel every call in flight, release workers; return how many calls were cancelled."""
 
 
-def create_transport(config: ExecutorConfig, on_done: OnDone) -> Transport:
+def create_transport(config: ExecutorConfig, on_done: OnDone, on_spawned: OnSpawned) -> Transport:
     """The transport for the configured backend (imported only when first used)."""
     if config.backend == "local":
         from redun_modal_executor.transport.local import LocalTransport
@@ -50,4 +65,4 @@ def create_transport(config: ExecutorConfig, on_done: OnDone) -> Transport:
         return LocalTransport(on_done, max_workers=config.max_workers or os.cpu_count() or 1)
     from redun_modal_executor.transport.modal import ModalTransport
 
-    return ModalTransport(on_done, config)
+    return ModalTransport(on_done, on_spawned, config)

@@ -127,7 +127,14 @@ class LocalTransport(Transport):
 
     # Called from any thread.
 
-    def spawn(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+    def spawn(
+        self,
+        key: str,
+        label: str,
+        payload: bytes,
+        options: CallOptions,
+        reattach_to: str | None = None,
+    ) -> None:
         with self._lock:
             self._incoming.append(_Call(key, label, payload, options.timeout))
             if self._thread is None or not self._thread.is_alive():

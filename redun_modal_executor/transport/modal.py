@@ -25,7 +25,7 @@ from redun_modal_executor.errors import (
     RemoteCallError,
 )
 from redun_modal_executor.modal_app import code_dict_name, function_name
-from redun_modal_executor.transport import OnDone, Transport
+from redun_modal_executor.transport import OnDone, OnSpawned, Transport
 
 MODAL_DEFAULT_TIMEOUT = 300
 INTERNAL_FAILURE_ATTEMPTS = 3
@@ -63,9 +63,11 @@ class ModalTransport(Transport):
     """Runs calls on the deployed app's generic function."""
 
     ships_code = True
+    reattaches = True
 
-    def __init__(self, on_done: OnDone, config: ExecutorConfig) -> None:
+    def __init__(self, on_done: OnDone, on_spawned: OnSpawned, config: ExecutorConfig) -> None:
         super().__init__(on_done)
+        self._on_spawned = on_spawned
         self._config = config
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,9 +82,16 @@ class ModalTransport(Transport):
 
     # Called from any thread.
 
-    def spawn(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+    def spawn(
+        self,
+        key: str,
+        label: str,
+        payload: bytes,
+        options: CallOptions,
+        reattach_to: str | None = None,
+    ) -> None:
         loop = self._running_loop()
-        loop.call_soon_threadsafe(self._start, key, label, payload, options)
+        loop.call_soon_threadsafe(self._start, key, label, payload, options, reattach_to)
 
     def upload_code(self, package: CodePackage) -> dict[str, Any]:
         loop = self._running_loop()
@@ -118,16 +127,35 @@ class ModalTransport(Transport):
 
     # On the loop thread.
 
-    def _start(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+    def _start(
+        self,
+        key: str,
+        label: str,
+        payload: bytes,
+        options: CallOptions,
+        reattach_to: str | None,
+    ) -> None:
         self._labels[key] = label
         self._tasks[key] = asyncio.get_running_loop().create_task(
-            self._run(key, label, payload, options)
+            self._run(key, label, payload, options, reattach_to)
         )
 
-    async def _run(self, key: str, label: str, payload: bytes, options: CallOptions) -> None:
+    async def _run(
+        self,
+        key: str,
+        label: str,
+        payload: bytes,
+        options: CallOptions,
+        reattach_to: str | None,
+    ) -> None:
         import modal.exception
 
         outcome: bytes | BaseException
+        if reattach_to is not None:
+            reattached = await self._reattach(key, reattach_to)
+            if reattached is not None:
+                self._finish(key, reattached)
+                return
         try:
             if options not in self._functions:
                 self._functions[options] = asyncio.ensure_future(self._bind(options))
@@ -139,6 +167,7 @@ class ModalTransport(Transport):
                 # cancels the call instead of leaving it running unseen.
                 self._spawns[key] = asyncio.ensure_future(function.spawn.aio(payload))
                 call = await asyncio.shield(self._spawns[key])
+                await asyncio.to_thread(self._on_spawned, key, call.object_id)
                 try:
                     outcome = await call.get.aio()
                     break
@@ -150,11 +179,29 @@ class ModalTransport(Transport):
             raise
         except Exception as error:
             outcome = await self._explain(error, label, options, self._spawned_call(key))
-        finally:
-            self._tasks.pop(key, None)
-            self._spawns.pop(key, None)
-            self._labels.pop(key, None)
+        self._finish(key, outcome)
+
+    def _finish(self, key: str, outcome: bytes | BaseException) -> None:
+        self._tasks.pop(key, None)
+        self._spawns.pop(key, None)
+        self._labels.pop(key, None)
         self._on_done(key, outcome)
+
+    async def _reattach(self, key: str, call_id: str) -> bytes | None:
+        """The result of a call spawned by an earlier client, or None if it cannot be had
+        (expired, cancelled, failed outside the task, unknown): then the job runs afresh."""
+        import modal
+
+        call = modal.FunctionCall.from_id(call_id)
+        self._spawns[key] = asyncio.get_running_loop().create_future()
+        self._spawns[key].set_result(call)  # stop() cancels it like a call of our own.
+        try:
+            return await call.get.aio()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            del self._spawns[key]
+            return None
 
     def _spawned_call(self, key: str) -> Any:
         spawn = self._spawns.get(key)
