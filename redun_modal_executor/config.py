@@ -318,8 +318,9 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "retries",
         _count,
         "0",
-        "How many times Modal retries a job whose container failed or was preempted. A task "
-        "that raises is not retried.",
+        "How many more times a failed job runs: after the task raised (run again by the "
+        "executor), or its container or worker died (on Modal, run again by Modal itself). "
+        "Timeouts and cancellations are never retried.",
         task_option=True,
     ),
     Setting(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redun.executors.base import Executor, register_executor
@@ -11,17 +12,39 @@ from redun.scheduler import Traceback
 
 from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
+    CallOptions,
     ExecutorConfig,
     TaskOptionError,
     resolve_call_options,
 )
-from redun_modal_executor.errors import CodePackageError, PayloadError, SerializationError
+from redun_modal_executor.errors import (
+    AppNotDeployedError,
+    CallCancelledError,
+    CallTimeoutError,
+    CodePackageError,
+    CodeSkewError,
+    ModalAuthError,
+    PayloadError,
+    RemoteCallError,
+    SerializationError,
+)
 from redun_modal_executor.inflight import InflightCalls
 from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
 from redun_modal_executor.transport import Transport, create_transport
 
 if TYPE_CHECKING:
     from redun.scheduler import Job, Scheduler
+
+
+@dataclass
+class _InFlight:
+    """A submitted job, and what it takes to run it again if it may be retried."""
+
+    job: Job
+    label: str
+    options: CallOptions
+    payload: bytes | None  # Kept only while retries are left.
+    retries_left: int
 
 
 @register_executor("modal")
@@ -45,7 +68,7 @@ class ModalExecutor(Executor):
         self._code: dict[str, Any] | None = None  # The shipped code package's reference.
         self._code_error: str | None = None
         self._inflight: InflightCalls | None = None
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, _InFlight] = {}
 
     def supports_async(self) -> bool:
         return True
@@ -89,8 +112,10 @@ class ModalExecutor(Executor):
         reattach_to = self._inflight.claim(job.eval_hash) if self._inflight else None
         if reattach_to is not None:
             self.log(f"{label}: reattaching to Modal call {reattach_to}, left by an earlier run")
+        retries = options.retries or 0
+        entry = _InFlight(job, label, options, payload if retries else None, retries)
         with self._lock:
-            self._jobs[job.id] = job
+            self._jobs[job.id] = entry
         transport.spawn(job.id, label, payload, options, reattach_to)
 
     def _ready_transport(self) -> tuple[Transport, dict[str, Any] | None]:
@@ -121,11 +146,11 @@ class ModalExecutor(Executor):
     def _on_spawned(self, key: str, call_id: str) -> None:
         """Record a new call for reattaching (from a worker thread; failures only warn)."""
         with self._lock:
-            job, inflight = self._jobs.get(key), self._inflight
-        if job is None or inflight is None or not job.eval_hash:
+            entry, inflight = self._jobs.get(key), self._inflight
+        if entry is None or inflight is None or not entry.job.eval_hash:
             return
         try:
-            inflight.record(job.eval_hash, call_id, job.task.fullname)
+            inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)
         except Exception as error:
             self.log(f"could not record Modal call {call_id} for reattaching: {error}")
 
@@ -148,25 +173,59 @@ class ModalExecutor(Executor):
     def _on_done(self, key: str, outcome: bytes | BaseException) -> None:
         """Called from the transport's thread when a call has finished, failed or was cancelled."""
         with self._lock:
-            job = self._jobs.pop(key, None)
-        if job is None or self._scheduler is None:
+            entry = self._jobs.pop(key, None)
+            transport = self._transport
+        if entry is None or self._scheduler is None or transport is None:
             return
+        job = entry.job
         if isinstance(outcome, BaseException):
-            self._reject(job, outcome)
-            return
-        try:
-            result = decode_result(outcome)
-        except Exception as error:
-            self._reject(
-                job,
-                PayloadError(
-                    f"Task {job.task.fullname}: its result envelope could not be loaded here: "
-                    f"{type(error).__name__}: {error}"
-                ),
-            )
-            return
-        if isinstance(result, Success):
-            self._scheduler.done_job(job, result.value)
+            error, traceback = outcome, Traceback(outcome, [], logs=getattr(outcome, "logs", None))
         else:
+            try:
+                result = decode_result(outcome)
+            except Exception as unreadable:
+                self._reject(
+                    job,
+                    PayloadError(
+                        f"{entry.label}: its result envelope could not be loaded here: "
+                        f"{type(unreadable).__name__}: {unreadable}"
+                    ),
+                )
+                return
+            if isinstance(result, Success):
+                self._scheduler.done_job(job, result.value)
+                return
+            error = result.error
             traceback = Traceback(result.error, result.frames, logs=result.logs)
-            self._scheduler.reject_job(job, result.error, traceback)
+        if entry.retries_left and entry.payload is not None and _retriable(error):
+            entry.retries_left -= 1
+            self.log(
+                f"{entry.label} failed ({type(error).__name__}: {error}); running it again "
+                f"({entry.retries_left} more retr{'y' if entry.retries_left == 1 else 'ies'} left)"
+            )
+            with self._lock:
+                self._jobs[key] = entry
+            transport.spawn(key, entry.label, entry.payload, entry.options)
+            return
+        self._scheduler.reject_job(job, error, traceback)
+
+
+def _retriable(error: BaseException) -> bool:
+    """A task's own exception, or a local worker that died: worth another run if asked for.
+
+    Not: timeouts (reported, never silently rerun), cancellations, problems of configuration or
+    code that would fail the same way again, and Modal call failures (Modal's own ``retries``
+    has already rerun those).
+    """
+    deterministic = (
+        CallTimeoutError,
+        CallCancelledError,
+        RemoteCallError,
+        AppNotDeployedError,
+        ModalAuthError,
+        PayloadError,
+        CodeSkewError,
+        CodePackageError,
+        SerializationError,
+    )
+    return not isinstance(error, deterministic)

@@ -272,3 +272,58 @@ def test_subrun_builds_a_modal_sub_scheduler_inside_a_worker(project):
     output = project.redun("run", "wf.py", "main").stdout
     assert "Sub-scheduler" in output
     assert re.search(r"\d+\s*$", output.strip())
+
+
+def test_retries_rerun_a_failing_task_but_never_a_timeout(project, tmp_path):
+    attempts = tmp_path / "attempts"
+    project.write(
+        "wf.py",
+        f"""\
+        import time
+        from pathlib import Path
+        from redun import task
+
+        ATTEMPTS = Path({str(attempts)!r})
+
+        @task(retries=2)
+        def flaky() -> str:
+            with ATTEMPTS.open("a") as log:
+                log.write("x")
+            if len(ATTEMPTS.read_text()) < 3:
+                raise ConnectionError("shard server busy")
+            return "third time lucky"
+
+        @task(retries=2, timeout=1)
+        def slow() -> str:
+            time.sleep(30)
+            return "never"
+        """,
+    )
+    output = project.redun("run", "wf.py", "flaky").stdout
+    assert final_line(output) == "'third time lucky'"
+    assert attempts.read_text() == "xxx"
+    assert "Task flaky failed (ConnectionError: shard server busy); running it again" in output
+
+    process = project.redun("run", "wf.py", "slow", check=False, timeout=60)
+    assert process.returncode != 0
+    assert "timed out after 1 s" in process.stdout
+    assert "running it again" not in process.stdout
+
+
+def test_without_retries_a_failing_task_runs_once(project, tmp_path):
+    attempts = tmp_path / "attempts"
+    project.write(
+        "wf.py",
+        f"""\
+        from pathlib import Path
+        from redun import task
+
+        @task
+        def fails() -> None:
+            with Path({str(attempts)!r}).open("a") as log:
+                log.write("x")
+            raise ConnectionError("no")
+        """,
+    )
+    assert project.redun("run", "wf.py", "fails", check=False).returncode != 0
+    assert attempts.read_text() == "x"
