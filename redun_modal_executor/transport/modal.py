@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from redun_modal_executor.code_package import CodePackage
 from redun_modal_executor.config import CallOptions, ExecutorConfig
@@ -29,9 +30,12 @@ from redun_modal_executor.transport import OnDone, OnSpawned, Transport
 
 MODAL_DEFAULT_TIMEOUT = 300
 INTERNAL_FAILURE_ATTEMPTS = 3
+TRANSIENT_ATTEMPTS = 5
+TRANSIENT_BACKOFF_SECONDS = 0.5
 LOG_TAIL_ENTRIES = 50
 LOG_TAIL_SECONDS = 5.0
 STOP_SECONDS = 30.0
+T = TypeVar("T")
 DEPLOY_HINT = "run `redun-modal deploy` (once, and after changing images or dependencies)"
 TOKEN_HINT = "run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
 
@@ -165,11 +169,13 @@ class ModalTransport(Transport):
             for attempt in range(1, INTERNAL_FAILURE_ATTEMPTS + 1):
                 # Shielded: if the run stops mid-spawn, stop() still learns the call id and
                 # cancels the call instead of leaving it running unseen.
-                self._spawns[key] = asyncio.ensure_future(function.spawn.aio(payload))
+                self._spawns[key] = asyncio.ensure_future(
+                    _through_transient_errors(lambda: function.spawn.aio(payload))
+                )
                 call = await asyncio.shield(self._spawns[key])
                 await asyncio.to_thread(self._on_spawned, key, call.object_id)
                 try:
-                    outcome = await call.get.aio()
+                    outcome = await _through_transient_errors(call.get.aio)
                     break
                 except modal.exception.InternalFailure:
                     # Modal lost the input (not the task's fault): run it again, a few times.
@@ -338,6 +344,32 @@ class ModalTransport(Transport):
         for key in unspawned:
             self._on_done(key, CallCancelledError(f"{labels[key]}: cancelled before it ran"))
         return len(calls)
+
+
+async def _through_transient_errors(request: Callable[[], Awaitable[T]]) -> T:
+    """``request()``, tried again (with backoff) while Modal's API is briefly unreachable.
+
+    The client already retries each RPC a few times under one idempotency key; this covers
+    outages longer than that. A spawn is retried only after the client gave up on every
+    attempt of the previous one, so a duplicate would need all of those to be lost after the
+    server acted on one.
+    """
+    import modal.exception
+
+    transient = (
+        modal.exception.ServiceError,
+        modal.exception.InternalError,
+        modal.exception.ResourceExhaustedError,
+        modal.exception.ConnectionError,
+    )
+    for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+        try:
+            return await request()
+        except transient:
+            if attempt == TRANSIENT_ATTEMPTS:
+                raise
+            await asyncio.sleep(TRANSIENT_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 def _auth_message(error: Exception) -> str:
