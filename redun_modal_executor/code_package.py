@@ -121,7 +121,7 @@ def activate(reference: dict[str, Any], fetch: Callable[[str], bytes]) -> None:
     unpacked = _UNPACK_ROOT / digest
     if not unpacked.exists():
         _unpack(digest, fetch(digest), unpacked)
-    _deactivate()
+    deactivate()
     paths = [str(unpacked / relative) for relative in reference["import_paths"]]
     sys.path[:0] = paths
     importlib.invalidate_caches()
@@ -141,8 +141,8 @@ def _unpack(digest: str, data: bytes, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _deactivate() -> None:
-    """Forget the modules imported from the previous package so the new one is imported."""
+def deactivate() -> None:
+    """Forget the active package and the modules imported from it (the image's view again)."""
     old_paths = _active["paths"]
     if not old_paths:
         return

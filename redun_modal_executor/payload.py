@@ -112,6 +112,9 @@ class Call:
         code = self.header.code
         if code is not None:
             code_package.activate(code, code_package.fetcher(code["store"]))
+        else:
+            # A warm container may hold another client's package: use the image's code.
+            code_package.deactivate()
         function, args, kwargs = cloudpickle.loads(self.body)
         if function is None:
             function = _import_task_function(self.header)

@@ -35,7 +35,7 @@ def project(tmp_path: Path) -> Path:
 def unpack_root(tmp_path, monkeypatch):
     monkeypatch.setattr(code_package, "_UNPACK_ROOT", tmp_path / "unpacked")
     yield
-    code_package._deactivate()
+    code_package.deactivate()
 
 
 def names_in(package) -> list[str]:
