@@ -17,8 +17,9 @@ project = "redun-modal-executor"
 version = redun_modal_executor.__version__
 release = version
 
-extensions = []
-exclude_patterns = ["_build", "_generated", "benchmarks.md"]
+extensions = ["myst_parser"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build", "_generated"]
 html_theme = "alabaster"
 html_title = f"{project} {release}"
 html_show_copyright = False
