@@ -109,9 +109,11 @@ class ModalExecutor(Executor):
             self._reject(job, error)
             return
         label = f"Task {job.task.fullname}"
+        self._scheduler.add_job_tags(job, self._where_tags(options))
         reattach_to = self._inflight.claim(job.eval_hash) if self._inflight else None
         if reattach_to is not None:
             self.log(f"{label}: reattaching to Modal call {reattach_to}, left by an earlier run")
+            self._scheduler.add_job_tags(job, [("modal_call", reattach_to)])
         retries = options.retries or 0
         entry = _InFlight(job, label, options, payload if retries else None, retries)
         with self._lock:
@@ -143,11 +145,28 @@ class ModalExecutor(Executor):
         # redun guards its database with this lock; sharing it keeps sqlite to one writer.
         return InflightCalls(engine, getattr(backend, "_db_lock", None))
 
+    def _where_tags(self, options: CallOptions) -> list[tuple[str, Any]]:
+        """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
+        tags: list[tuple[str, Any]] = [("modal_backend", self.config.backend)]
+        if self.config.backend == "modal":
+            tags.append(("modal_app", self.config.app_name))
+        for name, value in options.set_options().items():
+            if name == "volumes":
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            tags.append((f"modal_{name}", value))
+        return tags
+
     def _on_spawned(self, key: str, call_id: str) -> None:
-        """Record a new call for reattaching (from a worker thread; failures only warn)."""
+        """Tag the job with its call and record the call for reattaching (from a worker
+        thread; a failure to record only warns)."""
         with self._lock:
             entry, inflight = self._jobs.get(key), self._inflight
-        if entry is None or inflight is None or not entry.job.eval_hash:
+        if entry is None or self._scheduler is None:
+            return
+        self._scheduler.add_job_tags(entry.job, [("modal_call", call_id)])
+        if inflight is None or not entry.job.eval_hash:
             return
         try:
             inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)

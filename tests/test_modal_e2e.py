@@ -336,3 +336,40 @@ def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
     assert final_line(output) == "3"
     assert output.count("reattaching to Modal call fc-") == 3
     assert fake_modal.executions[f"{APP}/run_job"] == 5 + 3  # The naps ran again, once.
+
+
+def job_tags(project, task: str) -> dict:
+    import json
+    import sqlite3
+
+    query = (
+        "select tag.key, tag.value from tag join job on tag.entity_id = job.id "
+        "join task on job.task_hash = task.hash where task.name = ?"
+    )
+    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
+        return {key: json.loads(value) for key, value in db.execute(query, (task,))}
+
+
+def test_jobs_are_tagged_with_their_call_image_and_resources(modal_project, fake_modal):
+    modal_project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task(gpu="T4", memory=2048, image="gpu", volumes={"/data": "my-volume"})
+        def train() -> str:
+            return "ok"
+        """,
+    )
+    modal_project.redun("run", "wf.py", "train")
+    tags = job_tags(modal_project, "train")
+    assert tags["modal_call"].startswith("fc-")
+    assert tags["modal_call"] in fake_modal.calls
+    assert {key: tags[key] for key in tags if key != "modal_call"} == {
+        "modal_backend": "modal",
+        "modal_app": APP,
+        "modal_gpu": "T4",
+        "modal_memory": 2048,
+        "modal_image": "gpu",
+        "modal_volumes": {"/data": "my-volume"},
+    }
