@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from redun_modal_executor.config import ConfigError, ExecutorConfig
 
@@ -58,6 +58,119 @@ def deploy_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def doctor_command(args: argparse.Namespace) -> int:
+    """Check each Modal executor: credentials, deployment, and version agreement."""
+    configs = [c for c in modal_executor_configs(args.config) if c.backend == "modal"]
+    if not configs:
+        print("No [executors.*] section with `type = modal` and backend = modal to check.")
+        return 0
+    problems = 0
+    for config in configs:
+        print(
+            f"[executors.{config.name}] app {config.app_name!r}, environment "
+            f"{config.environment or '(profile default)'}"
+        )
+        for check, ok, detail in _doctor_checks(config):
+            problems += not ok
+            print(f"  {'ok  ' if ok else 'FAIL'} {check}: {detail}")
+    print("all good" if not problems else f"{problems} problem(s) found")
+    return 0 if not problems else 1
+
+
+def _doctor_checks(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:
+    import modal
+    import modal.exception
+
+    from redun_modal_executor.modal_app import (
+        MANIFEST_KEY,
+        code_dict_name,
+        deployment_manifest,
+        function_name,
+    )
+
+    for image in config.images:
+        name = function_name(image)
+        try:
+            modal.Function.from_name(
+                config.app_name, name, environment_name=config.environment
+            ).hydrate()
+        except modal.exception.AuthError as error:
+            yield (
+                "credentials",
+                False,
+                f"{error}: run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET",
+            )
+            return
+        except modal.exception.NotFoundError:
+            yield f"function {name}", False, "not deployed: run `redun-modal deploy`"
+            continue
+        yield f"function {name}", True, "deployed"
+    try:
+        manifests = modal.Dict.from_name(
+            code_dict_name(config), environment_name=config.environment
+        )
+        deployed = manifests.get(MANIFEST_KEY)
+    except modal.exception.NotFoundError:
+        deployed = None
+    if deployed is None:
+        yield "versions", False, "no deployment record: run `redun-modal deploy`"
+        return
+    ours = deployment_manifest(config)
+    for key in ("python", "redun", "cloudpickle", "payload_format"):
+        same = deployed.get(key) == ours[key]
+        detail = (
+            ours[key]
+            if same
+            else (
+                f"image has {deployed.get(key)}, client has {ours[key]}: redeploy with "
+                "`redun-modal deploy` from this environment"
+            )
+        )
+        yield key, same, detail
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """Show where each task of a workflow would run, without calling Modal."""
+    from redun.cli import import_script, setup_config
+    from redun.task import get_task_registry
+
+    from redun_modal_executor.config import TaskOptionError, resolve_call_options
+    from redun_modal_executor.modal_app import function_name
+
+    config = setup_config(args.config, initialize=False)
+    sections = config.get("executors", {})
+    module = import_script(args.workflow)
+    problems = 0
+    for task in sorted(get_task_registry(), key=lambda task: task.fullname):
+        if task.load_module != module.__name__:
+            continue
+        executor = task.get_task_option("executor") or "default"
+        section = sections.get(executor)
+        if section is None and executor != "default":
+            problems += 1
+            print(f"{task.fullname}: ERROR executor {executor!r} is not in redun.ini")
+            continue
+        if section is None or section.get("type") != EXECUTOR_TYPE:
+            kind = f"type {section.get('type')}" if section else "redun's built-in threads"
+            print(f"{task.fullname}: executor {executor!r} ({kind}), not this package's")
+            continue
+        executor_config = ExecutorConfig.from_section(executor, section)
+        try:
+            options = resolve_call_options(task.fullname, task.get_task_options(), executor_config)
+        except TaskOptionError as error:
+            problems += 1
+            print(f"{task.fullname}: ERROR {error}")
+            continue
+        where = (
+            f"Modal app {executor_config.app_name!r}, function {function_name(options.image)}"
+            if executor_config.backend == "modal"
+            else f"local worker processes (max_workers {executor_config.max_workers or 'CPUs'})"
+        )
+        settings = ", ".join(f"{k}={v}" for k, v in options.set_options().items()) or "defaults"
+        print(f"{task.fullname}: executor {executor!r} -> {where}; {settings}")
+    return 0 if not problems else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redun-modal",
@@ -77,6 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--executor", action="append", help="only this [executors.NAME] section (repeatable)"
     )
     deploy.set_defaults(run=deploy_command)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check credentials, the deployed app, and that its versions match this client",
+        description="For each Modal executor in redun.ini: look up the deployed functions "
+        "(this checks the credentials too) and compare the deployed Python, redun, "
+        "cloudpickle and payload format versions with this environment's. Exit 1 on a "
+        "problem.",
+    )
+    doctor.set_defaults(run=doctor_command)
+    plan = commands.add_parser(
+        "plan",
+        help="show where each task of a workflow would run, without calling Modal",
+        description="Import the workflow and print, for each of its tasks, the executor, "
+        "backend, image (function) and resources it would get, checking task options as "
+        "the executor would. Calls nothing. Exit 1 if an option is invalid.",
+    )
+    plan.add_argument("workflow", help="workflow file or module, as for `redun run`")
+    plan.set_defaults(run=plan_command)
     return parser
 
 

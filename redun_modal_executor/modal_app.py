@@ -19,6 +19,8 @@ from redun_modal_executor.config import DEFAULT_IMAGE, ExecutorConfig, ImageSpec
 
 FUNCTION_NAME = "run_job"
 CODE_DICT_SUFFIX = "-code"
+# Key, in the code Dict, of what the deployed images were built with (digests never clash).
+MANIFEST_KEY = "deployment"
 
 
 def function_name(image: str) -> str:
@@ -77,9 +79,26 @@ def build_app(config: ExecutorConfig) -> Any:
     return app
 
 
+def deployment_manifest(config: ExecutorConfig) -> dict[str, Any]:
+    """What the images are built with: `redun-modal doctor` compares it with the client."""
+    from redun_modal_executor import __version__
+    from redun_modal_executor.payload import FORMAT_VERSION, runtime_versions
+
+    return {
+        **runtime_versions(),
+        "payload_format": str(FORMAT_VERSION),
+        "redun_modal_executor": __version__,
+        "functions": [function_name(image) for image in config.images],
+    }
+
+
 def deploy(config: ExecutorConfig) -> None:
     """Deploy (or redeploy) the app; safe to repeat, Modal replaces the previous version."""
     import modal
 
     with modal.enable_output():
         build_app(config).deploy(name=config.app_name, environment_name=config.environment)
+    manifests = modal.Dict.from_name(
+        code_dict_name(config), environment_name=config.environment, create_if_missing=True
+    )
+    manifests.put(MANIFEST_KEY, deployment_manifest(config))

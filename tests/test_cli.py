@@ -1,0 +1,98 @@
+"""`redun-modal doctor` (against the fake control plane) and `redun-modal plan` (offline)."""
+
+from __future__ import annotations
+
+import modal
+import pytest
+from test_modal_e2e import APP, MODAL_CONFIG, TARGET
+
+from redun_modal_executor import cli
+from redun_modal_executor.config import ExecutorConfig
+from redun_modal_executor.modal_app import MANIFEST_KEY, code_dict_name, deployment_manifest
+
+
+@pytest.fixture
+def in_project(project, monkeypatch):
+    project.write(".redun/redun.ini", MODAL_CONFIG)
+    monkeypatch.chdir(project.root)
+    return project
+
+
+def record_deployment(**changes: str) -> None:
+    """What `redun-modal deploy` writes after deploying, with `changes` to fake an old image."""
+    config = ExecutorConfig.from_section("default", {"image.gpu.pip": "torch"})
+    manifest = {**deployment_manifest(config), **changes}
+    modal.Dict.from_name(code_dict_name(config), create_if_missing=True).put(
+        MANIFEST_KEY, manifest
+    )
+
+
+def test_doctor_reports_an_app_that_is_not_deployed(in_project, fake_modal, capsys):
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL function run_job: not deployed: run `redun-modal deploy`" in out
+    assert "FAIL function run_job_gpu: not deployed" in out
+
+
+def test_doctor_passes_on_a_matching_deployment(in_project, fake_modal, capsys):
+    fake_modal.register_function(APP, "run_job", TARGET)
+    fake_modal.register_function(APP, "run_job_gpu", TARGET)
+    record_deployment()
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   function run_job: deployed" in out and "ok   redun:" in out
+    assert out.strip().endswith("all good")
+
+
+def test_doctor_finds_version_skew(in_project, fake_modal, capsys):
+    fake_modal.register_function(APP, "run_job", TARGET)
+    fake_modal.register_function(APP, "run_job_gpu", TARGET)
+    record_deployment(redun="0.0.1")
+    assert cli.main(["doctor"]) == 1
+    assert "FAIL redun: image has 0.0.1, client has " in capsys.readouterr().out
+
+
+def test_doctor_explains_bad_credentials(in_project, fake_modal, monkeypatch, capsys):
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "wrong")
+    from fake_modal.fake import reset_modal_client
+
+    reset_modal_client()
+    assert cli.main(["doctor"]) == 1
+    assert "FAIL credentials:" in capsys.readouterr().out
+
+
+def test_plan_shows_where_each_task_runs_without_calling_modal(in_project, capsys):
+    in_project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task(gpu="A10G", memory=16384, image="gpu")
+        def train() -> int:
+            return 1
+
+        @task(executor="elsewhere")
+        def local_step() -> int:
+            return 2
+
+        @task(memory=16)
+        def typo() -> int:
+            return 3
+        """,
+    )
+    assert cli.main(["plan", "wf.py"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "train: executor 'default' -> Modal app 'redun-modal-executor', function run_job_gpu; "
+        "gpu=A10G, memory=16384, image=gpu"
+    ) in out
+    assert "local_step: ERROR executor 'elsewhere' is not in redun.ini" in out
+    assert "typo: ERROR Task typo: task option memory is in MiB" in out
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "deploy" in out and "doctor" in out and "plan" in out
