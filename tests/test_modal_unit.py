@@ -160,3 +160,22 @@ def test_deploy_command_refuses_two_image_sets_for_one_app(tmp_path, monkeypatch
     assert "deploy the same app 'redun-modal-executor' with different images" in (
         capsys.readouterr().err
     )
+
+
+def test_deploy_deploys_then_records_what_the_images_were_built_with():
+    config = ExecutorConfig.from_section("modal", {"app_name": "my-redun", "environment": "dev"})
+    with (
+        mock.patch.object(modal_app, "build_app") as build_app,
+        mock.patch.object(modal, "Dict") as dict_class,
+        mock.patch.object(modal, "enable_output"),
+    ):
+        modal_app.deploy(config)
+    build_app.return_value.deploy.assert_called_once_with(name="my-redun", environment_name="dev")
+    dict_class.from_name.assert_called_once_with(
+        "my-redun-code", environment_name="dev", create_if_missing=True
+    )
+    key, manifest = dict_class.from_name.return_value.put.call_args.args
+    assert key == "deployment"
+    assert manifest["python"] == PYTHON and manifest["redun"] == redun.__version__
+    assert manifest["cloudpickle"] == cloudpickle.__version__
+    assert manifest["payload_format"] == "1" and manifest["functions"] == ["run_job"]
