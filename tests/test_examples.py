@@ -1,0 +1,38 @@
+"""Every example in examples/ runs on the local backend, with the repository's demo config."""
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+from test_e2e import final_line
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def example_project(project):
+    shutil.copy(ROOT / ".redun" / "redun.ini", project.root / ".redun" / "redun.ini")
+    return project
+
+
+def run_example(project, name: str, *args: str) -> str:
+    shutil.copy(ROOT / "examples" / f"{name}.py", project.root / f"{name}.py")
+    return final_line(project.redun("run", f"{name}.py", "main", *args).stdout)
+
+
+def test_map_reduce(example_project):
+    means = ast.literal_eval(run_example(example_project, "map_reduce", "--shards", "3"))
+    assert means == {"g0": 499.5, "g1": 499.5, "g2": 499.5}
+
+
+def test_gpu_task_runs_on_the_cpu_locally(example_project):
+    result = ast.literal_eval(run_example(example_project, "gpu", "--size", "16"))
+    assert result["trace"] == 16.0 and result["device"].startswith("cpu")
+
+
+def test_script_task(example_project):
+    output = ast.literal_eval(run_example(example_project, "script", "--name", "tests"))
+    assert output.startswith(b"hello from a script job, tests\n")
