@@ -280,6 +280,13 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "virtualenvs, always are).",
     ),
     Setting(
+        "progress_interval",
+        _seconds,
+        "30",
+        "Seconds between progress lines in redun's log while jobs are in flight (jobs in "
+        "flight, done and failed on this executor).",
+    ),
+    Setting(
         "scratch",
         _text,
         "/tmp/redun",
@@ -449,6 +456,7 @@ class ExecutorConfig:
     reattach: bool = True
     code_includes: tuple[str, ...] = ("**/*.py",)
     code_excludes: tuple[str, ...] = ()
+    progress_interval: float = 30.0
     scratch: str = "/tmp/redun"
     images: Mapping[str, ImageSpec] = field(
         default_factory=lambda: {DEFAULT_IMAGE: ImageSpec(DEFAULT_IMAGE)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,33 @@ class _InFlight:
     retries_left: int
 
 
+class _Progress:
+    """Counts finished calls; says so in the log at most every ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.done = self.failed = 0
+        self._last = time.monotonic()
+
+    def count(self, failed: bool, in_flight: int) -> str | None:
+        self.failed += failed
+        self.done += not failed
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return None
+        self._last = now
+        return f"{in_flight} job(s) in flight, {self.done} done, {self.failed} failed"
+
+    def finish(self) -> str | None:
+        """Reset for the next run; the summary of this one, if it ran anything."""
+        summary = None
+        if self.done or self.failed:
+            summary = f"{self.done} done, {self.failed} failed"
+        self.done = self.failed = 0
+        self._last = time.monotonic()
+        return summary
+
+
 @register_executor("modal")
 class ModalExecutor(Executor):
     """Runs every job through one generic worker function, on Modal or on local processes.
@@ -69,6 +97,7 @@ class ModalExecutor(Executor):
         self._code_error: str | None = None
         self._inflight: InflightCalls | None = None
         self._jobs: dict[str, _InFlight] = {}
+        self._progress = _Progress(self.config.progress_interval)
 
     def supports_async(self) -> bool:
         return True
@@ -95,6 +124,9 @@ class ModalExecutor(Executor):
             inflight.release()
         with self._lock:
             self._jobs.clear()
+            summary = self._progress.finish()
+        if summary:
+            self.log(f"{self.config.backend} calls: {summary}")
 
     def _submit(self, job: Job, kind: CallKind) -> None:
         assert self._scheduler and job.args is not None
@@ -184,6 +216,12 @@ class ModalExecutor(Executor):
         )
         return reference
 
+    def _report_progress(self, failed: bool) -> None:
+        with self._lock:
+            line = self._progress.count(failed, in_flight=len(self._jobs))
+        if line:
+            self.log(line)
+
     def _reject(self, job: Job, error: BaseException) -> None:
         assert self._scheduler
         traceback = Traceback(error, [], logs=getattr(error, "logs", None))
@@ -203,6 +241,7 @@ class ModalExecutor(Executor):
             try:
                 result = decode_result(outcome)
             except Exception as unreadable:
+                self._report_progress(failed=True)
                 self._reject(
                     job,
                     PayloadError(
@@ -212,6 +251,7 @@ class ModalExecutor(Executor):
                 )
                 return
             if isinstance(result, Success):
+                self._report_progress(failed=False)
                 self._scheduler.done_job(job, result.value)
                 return
             error = result.error
@@ -226,6 +266,7 @@ class ModalExecutor(Executor):
                 self._jobs[key] = entry
             transport.spawn(key, entry.label, entry.payload, entry.options)
             return
+        self._report_progress(failed=True)
         self._scheduler.reject_job(job, error, traceback)
 
 

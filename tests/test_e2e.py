@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import LOCAL_CONFIG
 
 pytestmark = pytest.mark.e2e
 
@@ -327,3 +328,11 @@ def test_without_retries_a_failing_task_runs_once(project, tmp_path):
     )
     assert project.redun("run", "wf.py", "fails", check=False).returncode != 0
     assert attempts.read_text() == "x"
+
+
+def test_progress_lines_and_summary(project):
+    project.write(".redun/redun.ini", LOCAL_CONFIG + "progress_interval = 0.001\n")
+    project.write("wf.py", WORKFLOW)
+    output = project.redun("run", "wf.py", "main").stdout
+    assert re.search(r"Executor\[default\]: \d+ job\(s\) in flight, \d+ done, 0 failed", output)
+    assert "Executor[default]: local calls: 10 done, 0 failed" in output
