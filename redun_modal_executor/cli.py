@@ -11,8 +11,15 @@ from redun_modal_executor.config import ConfigError, ExecutorConfig
 EXECUTOR_TYPE = "modal"
 
 
+def _is_ours(section) -> bool:
+    """``type = modal``, or redun >= 0.46's ``class =`` naming this package's executor."""
+    return section.get("type") == EXECUTOR_TYPE or str(section.get("class", "")).startswith(
+        "redun_modal_executor."
+    )
+
+
 def modal_executor_configs(config_dir: str | None) -> list[ExecutorConfig]:
-    """Every ``[executors.*]`` section with ``type = modal`` in the project's redun.ini."""
+    """Every ``[executors.*]`` section of this executor in the project's redun.ini."""
     from redun.cli import setup_config
 
     config = setup_config(config_dir, initialize=False)
@@ -20,7 +27,7 @@ def modal_executor_configs(config_dir: str | None) -> list[ExecutorConfig]:
     return [
         ExecutorConfig.from_section(name, section)
         for name, section in executors.items()
-        if section.get("type") == EXECUTOR_TYPE
+        if _is_ours(section)
     ]
 
 
@@ -113,10 +120,17 @@ def _doctor_checks(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:
     except modal.exception.NotFoundError:
         deployed = None
     if deployed is None:
-        yield "versions", False, "no deployment record: run `redun-modal deploy`"
+        yield (
+            "versions",
+            False,
+            (
+                "no deployment record (never deployed with this package, or unused longer than "
+                "Modal keeps Dict entries): run `redun-modal deploy`"
+            ),
+        )
         return
     ours = deployment_manifest(config)
-    for key in ("python", "redun", "cloudpickle", "payload_format"):
+    for key in ("python", "redun", "cloudpickle", "payload_format", "redun_modal_executor"):
         same = deployed.get(key) == ours[key]
         detail = (
             ours[key]
@@ -146,6 +160,8 @@ def plan_command(args: argparse.Namespace) -> int:
             continue
         executor = task.get_task_option("executor") or "default"
         section = sections.get(executor)
+        if section is not None and _is_ours(section):
+            section = {**section, "type": EXECUTOR_TYPE}
         if section is None and executor != "default":
             problems += 1
             print(f"{task.fullname}: ERROR executor {executor!r} is not in redun.ini")
@@ -212,10 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from redun.cli import RedunClientError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ConfigError as error:
+    except (ConfigError, RedunClientError) as error:
         print(f"redun-modal: {error}", file=sys.stderr)
         return 2
 

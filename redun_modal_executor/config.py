@@ -213,8 +213,8 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         "number of CPUs",
         "Most jobs running at once on the ``local`` backend. Workers are separate Python "
         "processes, started on demand and reused across jobs. (On Modal, use "
-        "``max_containers``.) The local backend honours only the ``timeout`` task option; it "
-        "accepts and checks the others, so a GPU task runs on the CPU there.",
+        "``max_containers``.) The local backend honours the ``timeout`` and ``retries`` task "
+        "options; it accepts and checks the others, so a GPU task runs on the CPU there.",
     ),
     Setting(
         "app_name",

@@ -96,3 +96,10 @@ def test_help_lists_the_commands(capsys):
     assert exit.value.code == 0
     out = capsys.readouterr().out
     assert "deploy" in out and "doctor" in out and "plan" in out
+
+
+def test_missing_config_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REDUN_CONFIG", str(tmp_path / "nowhere"))
+    assert cli.main(["doctor"]) == 2
+    assert capsys.readouterr().err.startswith("redun-modal: No redun config found")
