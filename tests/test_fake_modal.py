@@ -300,3 +300,76 @@ def test_stop_leaves_no_processes(fake_modal: FakeModal) -> None:
     assert pids and fake_modal.calls[running.object_id].inputs[0].worker_pids[0] in pids
     fake_modal.stop()
     assert not any(process_exists(pid) for pid in pids)
+
+
+def test_tail_of_a_crashed_call_has_what_its_input_printed(fake_modal: FakeModal) -> None:
+    deploy(fake_modal, "chatty")
+    function = modal.Function.from_name("my-app", "chatty")
+    assert function.remote(["an earlier call"]) == 1  # Same worker: not in the call below.
+    # Killed as soon as it has printed everything and sleeps.
+    fake_modal.inject_fault("crash", function="my-app/chatty", on_output="sleeping")
+    call = function.spawn(["loading shard 7", "shard 7 has 10 rows"], 60)
+    with pytest.raises(modal.exception.RemoteError, match="killed"):
+        call.get(timeout=30)
+
+    rpcs = len(fake_modal.rpc_log)
+    entries = list(call.logs.tail(entries=10))
+    # What the client (1.6) asks for a call spawned here: time ranges of the app's logs.
+    assert set(fake_modal.rpc_log[rpcs:]) == {"AppFetchLogs"}
+    assert [entry.message for entry in entries if entry.source == "stdout"] == [
+        "loading shard 7\n",
+        "shard 7 has 10 rows\n",
+    ]
+    assert [entry.message for entry in entries if entry.source == "stderr"] == ["sleeping 60s\n"]
+    [record] = fake_modal.calls[call.object_id].inputs
+    assert (entries[-1].source, entries[-1].message) == (
+        "system",
+        f"Worker of input {record.input_id} was killed (injected crash)\n",
+    )
+    assert len(entries) == 4
+    assert [entry.timestamp for entry in entries] == sorted(entry.timestamp for entry in entries)
+    task_id = f"ta-{record.worker_pids[0]}"
+    assert all(entry.context_ids == [record.input_id, task_id] for entry in entries)
+    assert all(entry.object_id == call.object_id for entry in entries)
+    # Newest last: fewer entries are the latest ones; a source keeps only its own.
+    assert [entry.message for entry in call.logs.tail(entries=1)] == [entries[-1].message]
+    assert [entry.message for entry in call.logs.tail(entries=10, source="stderr")] == [
+        "sleeping 60s\n"
+    ]
+    # A call from its id learns its app first.
+    again = modal.FunctionCall.from_id(call.object_id)
+    assert [entry.message for entry in again.logs.tail(entries=1)] == [entries[-1].message]
+    assert fake_modal.rpc_counts["FunctionCallFromId"] == 1
+    assert fake_modal.running == 0
+
+
+def test_logs_are_kept_per_input_and_attempt(fake_modal: FakeModal) -> None:
+    deploy(fake_modal, "chatty")
+    function = modal.Function.from_name("my-app", "chatty")
+    first = function.spawn(["first call"])
+    assert first.get(timeout=30) == 1
+    fake_modal.inject_fault("preempt", function="my-app/chatty", on_output="sleeping")
+    second = function.spawn(["second call"], 1)
+    assert second.get(timeout=30) == 1
+
+    assert sorted(entry.message for entry in first.logs.tail(entries=10)) == [
+        "first call\n",
+        "sleeping 0s\n",
+    ]
+    [record] = fake_modal.calls[second.object_id].inputs
+
+    def lines(attempt: int, source: str) -> list[str]:
+        return [
+            line.text for line in record.logs if (line.attempt, line.source) == (attempt, source)
+        ]
+
+    assert lines(1, "stdout") == lines(2, "stdout") == ["second call\n"]
+    assert lines(1, "stderr") == lines(2, "stderr") == ["sleeping 1s\n"]
+    assert lines(1, "system") == [
+        f"Worker of input {record.input_id} was killed (injected preempted)\n"
+    ]
+    assert lines(2, "system") == []
+    entries = list(second.logs.tail(entries=10))
+    assert len(entries) == 5
+    first_task, second_task = (f"ta-{pid}" for pid in record.worker_pids)
+    assert [entry.context_ids[1] for entry in entries] == [first_task] * 3 + [second_task] * 2

@@ -373,3 +373,33 @@ def test_jobs_are_tagged_with_their_call_image_and_resources(modal_project, fake
         "modal_image": "gpu",
         "modal_volumes": {"/data": "my-volume"},
     }
+
+
+def test_crashed_container_shows_the_calls_latest_logs(modal_project, fake_modal):
+    modal_project.write(
+        "wf.py",
+        """\
+        import time
+        from redun import task
+
+        @task
+        def load() -> int:
+            print("loading shard 7")
+            time.sleep(60)
+            return 7
+        """,
+    )
+    # The container dies once the task has printed (and sleeps): no result, no traceback;
+    # what it printed comes from the call's logs (FunctionCall.logs.tail).
+    fake_modal.inject_fault("crash", function=f"{APP}/run_job", on_output="loading shard 7")
+    process = modal_project.redun("run", "wf.py", "load", check=False, timeout=60)
+    assert process.returncode != 0
+    output = process.stdout
+    assert "RemoteCallError" in output
+    assert "Modal call fc-" in output
+    assert "(injected crash)" in output
+    assert "Latest logs:" in output
+    logs = output.split("Latest logs:", 1)[1]
+    assert "loading shard 7" in logs
+    assert fake_modal.rpc_counts["AppFetchLogs"] >= 1
+    assert fake_modal.executions[f"{APP}/run_job"] == 1

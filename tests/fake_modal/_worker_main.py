@@ -2,14 +2,17 @@
 
 Run as a script by `workers.WorkerPool`. It reads requests from stdin and writes replies to
 the stdout it started with; each is an 8-byte big-endian length and a pickled dict. The
-function's own stdout goes to stderr and its stdin is /dev/null, so neither can disturb the
-protocol. Arguments are decoded and results (or exceptions) encoded with the client's own
+function's own stdout goes to the pipe whose file descriptor is the first argument (to stderr
+without one) and its stdin is /dev/null, so neither can disturb the protocol. After each input
+the end-of-input mark goes to stdout and stderr, so that the parent knows it has every line the
+input wrote. Arguments are decoded and results (or exceptions) encoded with the client's own
 serialization code, as the container runtime does (modal/_runtime/container_io_manager.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import os
@@ -33,6 +36,7 @@ from modal._serialization import (  # noqa: E402
 from modal_proto import api_pb2  # noqa: E402
 
 _HEADER = struct.Struct(">Q")
+END_OF_INPUT = b"\0fake-modal:end-of-input\0"  # as in workers.py
 _OUTPUT_FORMATS = (api_pb2.DATA_FORMAT_PICKLE, api_pb2.DATA_FORMAT_CBOR)
 _targets: dict[str, Callable[..., Any]] = {}
 
@@ -115,9 +119,25 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    os.dup2(2, 1)
+    if len(sys.argv) > 1:
+        output = int(sys.argv[1])
+        os.dup2(output, 1)
+        os.close(output)
+    else:
+        os.dup2(2, 1)
     while (request := _read(requests)) is not None:
-        _write(replies, _with_environment(request.get("env", {}), request))
+        reply = _with_environment(request.get("env", {}), request)
+        _mark_end_of_input()
+        _write(replies, reply)
+
+
+def _mark_end_of_input() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            os.write(fd, END_OF_INPUT)
 
 
 if __name__ == "__main__":

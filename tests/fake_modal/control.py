@@ -31,6 +31,8 @@ from .records import (
     FaultKind,
     FunctionSpec,
     InputRecord,
+    LogLine,
+    LogSource,
     Variant,
 )
 from .workers import Worker, WorkerDied, WorkerPool
@@ -38,6 +40,11 @@ from .workers import Worker, WorkerDied, WorkerPool
 Generic = api_pb2.GenericResult
 _DATA_FORMATS = [api_pb2.DATA_FORMAT_PICKLE, api_pb2.DATA_FORMAT_CBOR]
 _OutcomeKind = Literal["success", "failure", "timeout", "crash", "internal_failure", "preempted"]
+_FILE_DESCRIPTORS: dict[LogSource, api_pb2.FileDescriptor.ValueType] = {
+    "stdout": api_pb2.FILE_DESCRIPTOR_STDOUT,
+    "stderr": api_pb2.FILE_DESCRIPTOR_STDERR,
+    "system": api_pb2.FILE_DESCRIPTOR_INFO,
+}
 
 
 def new_id(prefix: str) -> str:
@@ -174,7 +181,13 @@ class ControlPlane:
         return record.object_id
 
     def inject_fault(
-        self, kind: FaultKind, count: int = 1, *, function: str | None = None, after: float = 0.0
+        self,
+        kind: FaultKind,
+        count: int = 1,
+        *,
+        function: str | None = None,
+        after: float = 0.0,
+        on_output: str | None = None,
     ) -> None:
         """Make the next `count` attempts (of `function`, "app/name", or of any) fail.
 
@@ -183,9 +196,11 @@ class ControlPlane:
         `after` seconds into the attempt and the input runs again, as Modal reschedules a
         preempted input; the caller sees only the final result. "crash": the worker is killed
         `after` seconds in, as when a container dies (the client raises RemoteError).
+        With `on_output`, `after` counts from the attempt's first output line that contains
+        that text (an attempt that ends or times out before is spared, and the fault used up).
         """
         with self._lock:
-            self._faults.extend(Fault(kind, function, after) for _ in range(count))
+            self._faults.extend(Fault(kind, function, after, on_output) for _ in range(count))
 
     def fail_rpc(
         self, method: str, status: Status = Status.UNAVAILABLE, count: int = 1, message: str = ""
@@ -470,6 +485,57 @@ class ControlPlane:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    # ----- logs -----
+
+    def fetch_logs(self, request: api_pb2.AppFetchLogsRequest) -> api_pb2.AppFetchLogsResponse:
+        """AppFetchLogs: of the lines in [since, until) that match the request's filters, the
+        newest `limit` (all if 0), oldest first, in one batch per run of lines of one attempt."""
+        if request.app_id not in self._app_ids.values():
+            raise GRPCError(Status.NOT_FOUND, f"App '{request.app_id}' not found")
+        since = request.since.ToNanoseconds() if request.HasField("since") else 0
+        until = request.until.ToNanoseconds() if request.HasField("until") else None
+        lines: list[tuple[LogLine, str]] = []  # and the function id of its call
+        for call in self.calls.values():
+            variant = call.variant
+            if (
+                variant.spec.app_id != request.app_id
+                or request.function_call_id not in ("", call.call_id)
+                or request.function_id not in ("", variant.function_id, variant.spec.function_id)
+                or request.parametrized_function_id not in ("", variant.function_id)
+                or request.sandbox_id  # The fake runs no sandboxes.
+            ):
+                continue
+            for line in call.logs:
+                if (
+                    since <= line.timestamp_ns
+                    and (until is None or line.timestamp_ns < until)
+                    and request.source
+                    in (api_pb2.FILE_DESCRIPTOR_UNSPECIFIED, _FILE_DESCRIPTORS[line.source])
+                    and request.task_id in ("", line.task_id)
+                    and request.search_text in line.text
+                ):
+                    lines.append((line, variant.function_id))
+        lines.sort(key=lambda item: item[0].timestamp_ns)
+        if request.limit:
+            lines = lines[-request.limit :]
+        response = api_pb2.AppFetchLogsResponse()
+        batch: api_pb2.TaskLogsBatch | None = None
+        for line, function_id in lines:
+            if batch is None or (batch.input_id, batch.task_id) != (line.input_id, line.task_id):
+                batch = response.batches.add(
+                    task_id=line.task_id, input_id=line.input_id, function_id=function_id
+                )
+            batch.items.add(
+                data=line.text,
+                file_descriptor=_FILE_DESCRIPTORS[line.source],
+                timestamp=line.timestamp,
+                timestamp_ns=line.timestamp_ns,
+                function_call_id=line.call_id,
+                input_id=line.input_id,
+                container_id=line.task_id,
+            )
+        return response
+
     # ----- execution -----
 
     def _forget_task(self, input_id: str, _task: asyncio.Task[None]) -> None:
@@ -540,11 +606,35 @@ class ControlPlane:
             record.state = "running"
             self.executions[spec.key] += 1
             self._running += 1
+            # Until the attempt ends, what the worker writes is this attempt's log (run()
+            # returns, and a killed worker is reaped, only once its output is all read).
+            worker.log_sink = functools.partial(self._log, call, record, f"ta-{worker.pid}")
             try:
-                return await self._drive(call, record, worker, arguments, fault)
+                outcome = await self._drive(call, record, worker, arguments, fault)
+                if outcome.kind in ("crash", "timeout", "preempted"):
+                    # Modal's own line in the logs about what ended the attempt.
+                    text = outcome.message + "\n"
+                    self._log(call, record, outcome.task_id, "system", time.time_ns(), text)
+                return outcome
             finally:
+                worker.log_sink = None
                 self._running -= 1
                 record.state = "pending"
+
+    @staticmethod
+    def _log(
+        call: CallRecord,
+        record: InputRecord,
+        task_id: str,
+        source: LogSource,
+        timestamp_ns: int,
+        text: str,
+    ) -> None:
+        """Keep one log line of the current attempt of an input."""
+        line = LogLine(
+            timestamp_ns, source, text, call.call_id, record.input_id, record.attempts, task_id
+        )
+        record.logs.append(line)
 
     async def _drive(
         self,
@@ -570,8 +660,20 @@ class ControlPlane:
         timeout = call.variant.timeout()
         run = asyncio.ensure_future(worker.run(request))
         try:
+            if fault is not None and fault.on_output is not None:
+                seen = asyncio.ensure_future(self._output_seen(record, fault.on_output))
+                try:
+                    await asyncio.wait(
+                        {run, seen}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    written = seen.done()
+                finally:
+                    seen.cancel()
+                if not written:
+                    fault = None  # The attempt ended or timed out first: no fault.
             if fault is not None:
-                await asyncio.wait({run}, timeout=min(fault.after, timeout))
+                remaining = max(0.0, timeout - (time.time() - started_at))
+                await asyncio.wait({run}, timeout=min(fault.after, remaining))
                 if not run.done():
                     await self._stop(worker, run)
                     kind: _OutcomeKind = "preempted" if fault.kind == "preempt" else "crash"
@@ -594,9 +696,21 @@ class ControlPlane:
         except asyncio.CancelledError:
             await self._stop(worker, run)
             raise
+        worker.log_sink = None  # Its output is its next input's.
         self._pool.release(worker)
         kind = "success" if reply["ok"] else "failure"
         return _Outcome(kind, reply=reply, task_id=task_id, started_at=started_at)
+
+    @staticmethod
+    async def _output_seen(record: InputRecord, text: str) -> None:
+        """Return once the current attempt of `record` has written a line containing `text`."""
+        attempt, checked = record.attempts, 0
+        while True:
+            lines = record.logs[checked:]
+            checked += len(lines)
+            if any(line.attempt == attempt and text in line.text for line in lines):
+                return
+            await asyncio.sleep(0.02)
 
     async def _stop(self, worker: Worker, run: asyncio.Future[Any]) -> None:
         assert self._pool is not None

@@ -10,6 +10,7 @@ from modal_proto import api_pb2
 
 FaultKind = Literal["internal_failure", "preempt", "crash"]
 InputState = Literal["pending", "running", "done", "cancelled"]
+LogSource = Literal["stdout", "stderr", "system"]  # as modal.types.LogSource
 
 DEFAULT_TIMEOUT = 300.0  # Modal's default function timeout, in seconds
 
@@ -122,6 +123,25 @@ class Fault:
     kind: FaultKind
     function: str | None = None  # "app/name", or None for any function
     after: float = 0.0  # seconds the attempt runs before a preemption or crash
+    on_output: str | None = None  # if set, `after` counts from the first line containing it
+
+
+@dataclasses.dataclass(frozen=True)
+class LogLine:
+    """One line an attempt of an input wrote (or the fake said about it), as Modal logs it."""
+
+    timestamp_ns: int  # when the fake read it (time.time_ns())
+    source: LogSource  # "system": the fake's own word, e.g. why a worker was killed
+    text: str  # with its newline, if it had one
+    call_id: str
+    input_id: str
+    attempt: int  # 1 for the first execution, as InputRecord.attempts counts them
+    task_id: str  # the "container" (worker) that ran the attempt
+
+    @property
+    def timestamp(self) -> float:
+        """Seconds since the epoch."""
+        return self.timestamp_ns / 1e9
 
 
 @dataclasses.dataclass
@@ -138,6 +158,7 @@ class InputRecord:
     worker_pids: list[int] = dataclasses.field(default_factory=list)
     output: api_pb2.FunctionGetOutputsItem | None = None
     cleared: bool = False  # a sync call's output, removed once the client took it
+    logs: list[LogLine] = dataclasses.field(default_factory=list)  # all attempts', in order
 
     @property
     def finished(self) -> bool:
@@ -167,3 +188,9 @@ class CallRecord:
     def unfinished(self) -> int:
         """Inputs without an output yet."""
         return sum(1 for record in self.inputs if not record.finished)
+
+    @property
+    def logs(self) -> list[LogLine]:
+        """The log lines of all its inputs, oldest first."""
+        lines = [line for record in self.inputs for line in record.logs]
+        return sorted(lines, key=lambda line: line.timestamp_ns)

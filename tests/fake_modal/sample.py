@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -53,3 +54,12 @@ def flaky(counter: str, failures: int) -> int:
     if attempt <= failures:
         raise RuntimeError(f"attempt {attempt} fails")
     return attempt
+
+
+def chatty(lines: list[str], seconds: float = 0.0) -> int:
+    """Print `lines` (stdout), say on stderr that it sleeps, sleep; return how many lines."""
+    for line in lines:
+        print(line)
+    print(f"sleeping {seconds:g}s", file=sys.stderr)
+    time.sleep(seconds)
+    return len(lines)

@@ -1,4 +1,5 @@
-"""The gRPC face of the fake: the ModalClient methods the client uses to call functions.
+"""The gRPC face of the fake: the ModalClient methods the client uses to call functions
+(and to read a call's logs).
 
 Every other method of the service answers UNIMPLEMENTED (the client's own
 `patch_mock_servicer` fills them in), so a flow the fake does not know fails loudly.
@@ -270,6 +271,16 @@ class FakeModalServicer(api_grpc.ModalClientBase):
         assert request is not None
         await self.control.cancel(request.function_call_id)
         await stream.send_message(empty_pb2.Empty())
+
+    # ----- logs -----
+
+    async def AppFetchLogs(
+        self, stream: Stream[api_pb2.AppFetchLogsRequest, api_pb2.AppFetchLogsResponse]
+    ) -> None:
+        """A time range of an app's logs, filtered: what `FunctionCall.logs.tail()` asks for."""
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_message(self.control.fetch_logs(request))
 
     # ----- blobs -----
 

@@ -2,6 +2,14 @@
 
 A worker that is killed (cancellation, timeout, injected fault) or dies is never reused;
 the pool starts a fresh one in the background to keep `warm` idle workers ready.
+
+What a worker writes to its stdout and stderr (at the file-descriptor level, subprocesses
+included) comes through two pipes, line by line, as a Modal container's output goes to its
+logs: each line is still copied to this process's stderr (where the workers' output always
+went), and handed to the worker's `log_sink` while one is set (the control plane sets one per
+attempt). After each input the worker marks the end of its output on both pipes, so `run`
+returns only once every line the input wrote has been handed over; a killed or dead worker's
+pipes are read to their end.
 """
 
 from __future__ import annotations
@@ -10,14 +18,24 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import struct
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 WORKER_MAIN = Path(__file__).with_name("_worker_main.py")
 _HEADER = struct.Struct(">Q")
 _CLOSE_GRACE = 2.0
+# Written by _worker_main to its stdout and stderr after each input (NUL: not in text output).
+END_OF_INPUT = b"\0fake-modal:end-of-input\0"
+_MAX_LINE = 64 * 1024  # a longer run of output without a newline is cut into lines
+_DRAIN_TIMEOUT = 2.0  # how long to wait for output still in the pipes (a grandchild may hold one)
+
+Stream = Literal["stdout", "stderr"]
+LogSink = Callable[[Stream, int, str], None]  # (stream, time.time_ns() when read, line)
 
 
 class WorkerDied(Exception):
@@ -28,12 +46,98 @@ class WorkerDied(Exception):
         self.returncode = returncode
 
 
+class _OutputPipe:
+    """Reads one of a worker's output streams into lines, until end of file."""
+
+    def __init__(self, worker: Worker, stream: Stream, reader: asyncio.StreamReader) -> None:
+        self.worker = worker
+        self.stream = stream
+        self.marks = 0  # END_OF_INPUT marks seen
+        self._reader = reader
+        self._pending = b""  # the start of a line (or of a mark) still to come
+        self._pending_ns = 0  # when its first byte was read
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.task = asyncio.ensure_future(self._pump())
+
+    async def wait_for_mark(self, count: int) -> None:
+        """Return once `count` marks have been read (or the pipe has ended)."""
+        if self.marks < count and not self.task.done():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append((count, waiter))
+            await waiter
+
+    async def _pump(self) -> None:
+        try:
+            while chunk := await self._reader.read(65536):
+                self._split(chunk, time.time_ns())
+            if self._pending:  # A last line without its newline.
+                self._emit(self._pending, self._pending_ns)
+        finally:
+            self._wake(everyone=True)
+
+    def _split(self, chunk: bytes, now: int) -> None:
+        """Hand over each complete line; what follows the last newline waits for the rest."""
+        if not self._pending:
+            self._pending_ns = now
+        data, start, started_ns = self._pending + chunk, 0, self._pending_ns
+        while True:
+            newline = data.find(b"\n", start)
+            end = newline + 1 if newline >= 0 else len(data)
+            mark = data.find(END_OF_INPUT, start, end)  # A mark holds no newline.
+            if mark >= 0:
+                if mark > start:  # The input's last line, without its newline.
+                    self._emit(data[start:mark], started_ns)
+                start = mark + len(END_OF_INPUT)
+                self.marks += 1
+                self._wake()
+            elif newline >= 0:
+                self._emit(data[start:end], started_ns)
+                start = end
+            elif len(data) - start > _MAX_LINE:  # Cut it, but not where a mark may begin.
+                cut = len(data) - len(END_OF_INPUT) + 1
+                self._emit(data[start:cut], started_ns)
+                start = cut
+            else:
+                break
+            started_ns = now  # What follows came in this chunk.
+        self._pending, self._pending_ns = data[start:], started_ns
+
+    def _emit(self, data: bytes, timestamp_ns: int) -> None:
+        with contextlib.suppress(OSError):
+            os.write(2, data)  # Where the workers' output went before the fake kept logs.
+        sink = self.worker.log_sink
+        if sink is not None:
+            sink(self.stream, timestamp_ns, data.decode(errors="replace"))
+
+    def _wake(self, everyone: bool = False) -> None:
+        waiting = []
+        for count, waiter in self._waiters:
+            if everyone or count <= self.marks:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((count, waiter))
+        self._waiters = waiting
+
+
 class Worker:
     """One worker process, talking the length-prefixed pickle protocol of _worker_main."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        stdout: tuple[asyncio.StreamReader, asyncio.BaseTransport],
+        stderr: tuple[asyncio.StreamReader, asyncio.BaseTransport],
+    ) -> None:
         self.process = process
         self.used = False
+        self.log_sink: LogSink | None = None  # gets each line the worker writes
+        self._requests = 0
+        self._transports = (stdout[1], stderr[1])
+        self._pipes = (
+            _OutputPipe(self, "stdout", stdout[0]),
+            _OutputPipe(self, "stderr", stderr[0]),
+        )
 
     @property
     def pid(self) -> int:
@@ -50,6 +154,7 @@ class Worker:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
         self.used = True
+        self._requests += 1
         body = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             stdin.write(_HEADER.pack(len(body)) + body)
@@ -57,15 +162,38 @@ class Worker:
             (length,) = _HEADER.unpack(await stdout.readexactly(_HEADER.size))
             reply: dict[str, Any] = pickle.loads(await stdout.readexactly(length))
         except (asyncio.IncompleteReadError, ConnectionError):
-            raise WorkerDied(await self.process.wait()) from None
+            self._kill_group()  # Whatever the worker started goes with it.
+            returncode = await self.process.wait()
+            await self.drain_output()
+            raise WorkerDied(returncode) from None
+        # The input's last lines may still be in the pipes: wait for its end marks.
+        marks = [pipe.wait_for_mark(self._requests) for pipe in self._pipes]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*marks), _DRAIN_TIMEOUT)
         return reply
 
+    async def drain_output(self) -> None:
+        """Once the process is gone: read what is left in its output pipes, then close them."""
+        tasks = [pipe.task for pipe in self._pipes]
+        await asyncio.wait(tasks, timeout=_DRAIN_TIMEOUT)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for transport in self._transports:
+            transport.close()
+
     async def kill(self) -> None:
-        """SIGKILL the process and reap it."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+        """SIGKILL the process (and the processes it started) and reap it."""
+        self._kill_group()
         await self.process.wait()
+        await self.drain_output()
+
+    def _kill_group(self) -> None:
+        # A worker leads a process group of its own: it goes as a whole, like a container (and
+        # a child of the function left running cannot hold the output pipes open).
+        if self.process.returncode is None or not all(pipe.task.done() for pipe in self._pipes):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     async def close(self) -> None:
         """Let the process exit on end of input; kill it if it lingers."""
@@ -75,6 +203,17 @@ class Worker:
             await asyncio.wait_for(self.process.wait(), _CLOSE_GRACE)
         except asyncio.TimeoutError:
             await self.kill()
+        else:
+            await self.drain_output()
+
+
+async def _read_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """A stream reader on the read end `fd` of a pipe, and its transport (to close it)."""
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    return reader, transport
 
 
 def _python_path() -> str:
@@ -148,15 +287,38 @@ class WorkerPool:
         self._idle.clear()
 
     async def _spawn(self) -> Worker:
-        env = {**os.environ, **self.env, "PYTHONPATH": _python_path()}
-        process = await asyncio.create_subprocess_exec(
-            self.python,
-            str(WORKER_MAIN),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        worker = Worker(process)
+        # Unbuffered, as in a Modal container: a line printed just before a crash is logged.
+        env = {
+            **os.environ,
+            **self.env,
+            "PYTHONPATH": _python_path(),
+            "PYTHONUNBUFFERED": "1",
+        }
+        # The worker's own stdout carries the protocol: the function's stdout gets a pipe of
+        # its own. Both output pipes are ours, not the subprocess transport's, so that a process
+        # holding one open cannot delay `process.wait()`.
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.python,
+                str(WORKER_MAIN),
+                str(out_write),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err_write,
+                env=env,
+                pass_fds=(out_write,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(out_read)
+            os.close(err_read)
+            raise
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        worker = Worker(process, await _read_pipe(out_read), await _read_pipe(err_read))
         self._workers.add(worker)
         self.started += 1
         return worker
