@@ -43,6 +43,18 @@ class Project:
         env["PATH"] = os.pathsep.join([os.path.dirname(REDUN), env.get("PATH", "")])
         return env
 
+    def start(self, *args: str, capture: bool = True) -> subprocess.Popen:
+        """Start the `redun` command in the project without waiting (output: text, merged)."""
+        output = subprocess.PIPE if capture else subprocess.DEVNULL
+        return subprocess.Popen(
+            self.command(*args),
+            cwd=self.root,
+            env=self.environment(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     def redun(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess:

@@ -6,10 +6,6 @@ processes that, as on Modal, cannot import the project's files: code arrives by 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
-
 import pytest
 from test_e2e import final_line, ran
 
@@ -220,45 +216,6 @@ def test_missing_credentials_say_how_to_set_a_token(modal_project, monkeypatch, 
     )
 
 
-def test_ctrl_c_cancels_every_call_in_flight(modal_project, fake_modal):
-    modal_project.write(
-        "wf.py",
-        """\
-        import time
-        from redun import task
-
-        @task
-        def nap(i: int) -> int:
-            time.sleep(60)
-            return i
-
-        @task
-        def main() -> list:
-            return [nap(i) for i in range(3)]
-        """,
-    )
-    process = subprocess.Popen(
-        [*modal_project.command("run", "wf.py", "main")],
-        cwd=modal_project.root,
-        env=modal_project.environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        fake_modal.wait_until(lambda: fake_modal.running >= 3, timeout=60)
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert "cancelled 3 call(s) still in flight" in output
-    deadline = time.monotonic() + 10
-    while fake_modal.running and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert fake_modal.running == 0
-    assert fake_modal.inputs_cancelled == 3
-
-
 def inflight_rows(project) -> int:
     import sqlite3
 
@@ -290,13 +247,7 @@ def total(values: list) -> int:
 
 def kill_mid_run(project, fake_modal) -> None:
     """Start `redun run wf.py main`, SIGKILL it once its naps are spawned and recorded."""
-    process = subprocess.Popen(
-        project.command("run", "wf.py", "main"),
-        cwd=project.root,
-        env=project.environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = project.start("run", "wf.py", "main", capture=False)
     try:
         # main's call and three naps, each recorded as soon as it was spawned.
         fake_modal.wait_until(lambda: inflight_rows(project) == 4, timeout=60)

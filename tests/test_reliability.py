@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -48,14 +47,7 @@ def deployed(project, fake_modal):
 
 def interrupt_when(project, condition, *args: str) -> str:
     """Run `redun run wf.py main ...`, send SIGINT once `condition()` holds; return output."""
-    process = subprocess.Popen(
-        project.command("run", "wf.py", "main", *args),
-        cwd=project.root,
-        env=project.environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = project.start("run", "wf.py", "main", *args)
     try:
         deadline = time.monotonic() + 120
         while not condition():
