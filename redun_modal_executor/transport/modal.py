@@ -116,6 +116,10 @@ class ModalTransport(Transport):
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
+        # Futures of the closed loop: a restart looks up, binds and uploads afresh.
+        self._bases.clear()
+        self._functions.clear()
+        self._code_upload = None
         return cancelled
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
