@@ -174,6 +174,10 @@ class ModalExecutor(Executor):
         engine = getattr(backend, "engine", None)
         if not (self.config.reattach and transport.reattaches and engine is not None):
             return None
+        if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+            # Each thread would see its own empty in-memory database, and no later process
+            # could reattach from it anyway.
+            return None
         # redun guards its database with this lock; sharing it keeps sqlite to one writer.
         return InflightCalls(engine, getattr(backend, "_db_lock", None))
 

@@ -179,3 +179,21 @@ def test_deploy_deploys_then_records_what_the_images_were_built_with():
     assert manifest["python"] == PYTHON and manifest["redun"] == redun.__version__
     assert manifest["cloudpickle"] == cloudpickle.__version__
     assert manifest["payload_format"] == "1" and manifest["functions"] == ["run_job"]
+
+
+@pytest.mark.parametrize("db_uri, reattaches", [("sqlite:///:memory:", False), ("file", True)])
+def test_reattach_table_only_in_a_database_other_processes_can_open(tmp_path, db_uri, reattaches):
+    # In-memory sqlite gives every thread its own empty database: no table there.
+    from redun import Scheduler
+    from redun.config import Config
+
+    from redun_modal_executor.transport import create_transport
+
+    uri = f"sqlite:///{tmp_path / 'redun.db'}" if db_uri == "file" else db_uri
+    scheduler = Scheduler(
+        config=Config({"backend": {"db_uri": uri}, "executors.modal": {"type": "modal"}})
+    )
+    scheduler.load()
+    executor = scheduler.executors["modal"]
+    transport = create_transport(executor.config, lambda *_: None, lambda *_: None)
+    assert (executor._open_inflight_calls(transport) is not None) == reattaches
