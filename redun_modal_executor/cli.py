@@ -7,6 +7,9 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from redun_modal_executor.config import ConfigError, ExecutorConfig
+from redun_modal_executor.errors import LaunchError
+
+LOG_ENTRIES = 1000
 
 EXECUTOR_TYPE = "modal"
 
@@ -187,6 +190,54 @@ def plan_command(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _launch_config(args: argparse.Namespace) -> ExecutorConfig:
+    """The executor section a launch command is about: ``--executor``, else ``default``
+    if it is this package's, else the first of this package's."""
+    configs = modal_executor_configs(args.config)
+    if args.executor:
+        configs = [config for config in configs if config.name == args.executor]
+    if not configs:
+        wanted = f"[executors.{args.executor}]" if args.executor else "an [executors.*] section"
+        raise ConfigError(f"redun.ini has no {wanted} with `type = modal`")
+    return next((config for config in configs if config.name == "default"), configs[0])
+
+
+STATUS_EXIT = {"succeeded": 0, "failed": 1, "running": 3}
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from redun_modal_executor.launched import outcome
+
+    found = outcome(_launch_config(args), args.call_id, wait=args.wait)
+    print(f"{args.call_id}: {found.state}")
+    if found.text:
+        print(found.text.rstrip("\n"))
+    return STATUS_EXIT[found.state]
+
+
+def logs_command(args: argparse.Namespace) -> int:
+    from redun_modal_executor.launched import log_lines
+
+    for line in log_lines(_launch_config(args), args.call_id, LOG_ENTRIES):
+        sys.stdout.write(line if line.endswith("\n") else line + "\n")
+    return 0
+
+
+def pull_command(args: argparse.Namespace) -> int:
+    from redun.cli import setup_scheduler
+
+    from redun_modal_executor.launched import pull_records
+
+    config = _launch_config(args)
+    destination = setup_scheduler(args.config, migrate_if_local=True).backend
+    count = pull_records(config, destination)
+    print(
+        f"Pulled {count} new record(s) from volume {config.scheduler_volume_name!r}; "
+        "`redun log` and `redun console` show them."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redun-modal",
@@ -224,6 +275,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("workflow", help="workflow file or module, as for `redun run`")
     plan.set_defaults(run=plan_command)
+
+    def launch_command(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, **kwargs)
+        command.add_argument(
+            "--executor",
+            help="the [executors.NAME] section launches used (default: `default`, else the "
+            "first with type = modal)",
+        )
+        return command
+
+    status = launch_command(
+        "status",
+        help="say whether a launched scheduler is running, succeeded or failed",
+        description="Print the state of a call started by `redun launch` and, once it has "
+        "ended, the launched command's output or its error. Exit 0 if it succeeded, 1 if "
+        "it failed, 3 if it is still running.",
+    )
+    status.add_argument("call_id", help="the call id `redun launch` printed")
+    status.add_argument("--wait", action="store_true", help="wait for the call to end")
+    status.set_defaults(run=status_command)
+    logs = launch_command(
+        "logs",
+        help="print a launched scheduler's log",
+        description=f"Print the output of a call started by `redun launch` (on Modal, its "
+        f"last {LOG_ENTRIES} log entries).",
+    )
+    logs.add_argument("call_id", help="the call id `redun launch` printed")
+    logs.set_defaults(run=logs_command)
+    pull = launch_command(
+        "pull",
+        help="merge launched schedulers' records into the local redun database",
+        description="Copy the sqlite database that launched schedulers keep on "
+        "scheduler_volume and merge its records into this project's database, so that "
+        "`redun log` and `redun console` show the launched runs. Safe to repeat.",
+    )
+    pull.set_defaults(run=pull_command)
     return parser
 
 
@@ -233,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, RedunClientError) as error:
+    except (ConfigError, LaunchError, RedunClientError) as error:
         print(f"redun-modal: {error}", file=sys.stderr)
         return 2
 

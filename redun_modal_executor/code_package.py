@@ -128,6 +128,12 @@ def activate(reference: dict[str, Any], fetch: Callable[[str], bytes]) -> None:
     _active.update(digest=digest, paths=paths)
 
 
+def active_root() -> Path | None:
+    """Where the active package is unpacked, if one is active."""
+    digest = _active["digest"]
+    return None if digest is None else _UNPACK_ROOT / digest
+
+
 def _unpack(digest: str, data: bytes, target: Path) -> None:
     if hashlib.sha256(data).hexdigest() != digest:
         raise CodePackageError(f"code package {digest[:12]} arrived corrupted (digest mismatch)")

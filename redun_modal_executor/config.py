@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 BACKENDS = ("modal", "local")
@@ -45,6 +46,13 @@ class ConfigError(ValueError):
 
 class TaskOptionError(ValueError):
     """A task option that this executor cannot honour."""
+
+
+def redun_config_dir() -> Path:
+    """The redun config directory, found as redun finds it (``REDUN_CONFIG``, then upwards)."""
+    from redun.cli import get_config_dir
+
+    return Path(get_config_dir()).resolve()
 
 
 def did_you_mean(name: str, candidates: Any) -> str:
@@ -172,6 +180,13 @@ def _volumes(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
+def _mount_path(value: Any) -> str:
+    path = str(value).strip()
+    if not path.startswith("/") or path == "/":
+        raise ValueError(f"must be an absolute path below /; got {value!r}")
+    return path.rstrip("/")
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -291,6 +306,48 @@ EXECUTOR_SETTINGS: tuple[Setting, ...] = (
         _text,
         "/tmp/redun",
         "Scratch path, used by ``redun launch --code-package``.",
+    ),
+    Setting(
+        "scheduler_volume",
+        _text,
+        "``<app_name>-scheduler``",
+        "Modal Volume that keeps the sqlite database of schedulers started with ``redun "
+        "launch`` (when the project's ``db_uri`` is a sqlite file). One launch at a time "
+        "writes it; ``redun-modal pull`` merges it into the local database.",
+    ),
+    Setting(
+        "scheduler_mount",
+        _mount_path,
+        "/redun-scheduler",
+        "Where a launched scheduler's container mounts ``scheduler_volume``.",
+    ),
+    Setting(
+        "scheduler_sync_interval",
+        _seconds,
+        "60",
+        "Seconds between copies of a launched scheduler's sqlite database to its volume "
+        "while it runs (it is always copied when the run ends).",
+    ),
+    Setting(
+        "scheduler_timeout",
+        _seconds,
+        "86400 (24 h, Modal's longest)",
+        "Seconds a launched scheduler may run, unless ``redun launch -o timeout=...`` says "
+        "otherwise (the executor's ``timeout`` is for its jobs, not for launches).",
+    ),
+    Setting(
+        "scheduler_secrets",
+        _words,
+        "none",
+        "Modal Secrets for launched schedulers, besides ``secrets``: for example the "
+        "``REDUN_DB_USERNAME`` and ``REDUN_DB_PASSWORD`` of a Postgres ``db_uri``.",
+    ),
+    Setting(
+        "local_dir",
+        _text,
+        "``modal-local`` in the redun config directory",
+        "Where the ``local`` backend keeps what Modal keeps in the cloud: volumes (as "
+        "directories) and detached launches (their output and result).",
     ),
     Setting(
         "timeout",
@@ -458,6 +515,12 @@ class ExecutorConfig:
     code_excludes: tuple[str, ...] = ()
     progress_interval: float = 30.0
     scratch: str = "/tmp/redun"
+    scheduler_volume: str | None = None
+    scheduler_mount: str = "/redun-scheduler"
+    scheduler_sync_interval: float = 60.0
+    scheduler_timeout: float = 86400.0
+    scheduler_secrets: tuple[str, ...] = ()
+    local_dir: str | None = None
     images: Mapping[str, ImageSpec] = field(
         default_factory=lambda: {DEFAULT_IMAGE: ImageSpec(DEFAULT_IMAGE)}
     )
@@ -505,6 +568,17 @@ class ExecutorConfig:
             except ValueError as error:
                 raise ConfigError(str(error)) from None
         return config
+
+    @property
+    def scheduler_volume_name(self) -> str:
+        """The volume that keeps launched schedulers' sqlite database."""
+        return self.scheduler_volume or f"{self.app_name}-scheduler"
+
+    def local_root(self) -> Path:
+        """The local backend's stand-in for Modal's storage (volumes, detached calls)."""
+        if self.local_dir:
+            return Path(self.local_dir).expanduser().resolve()
+        return redun_config_dir() / "modal-local"
 
     def _check_image(self, image: str, where: str) -> None:
         if image not in self.images:

@@ -14,6 +14,8 @@ __all__ = [
     "CodePackageError",
     "CodeSkewError",
     "ConfigError",
+    "DatabaseBusyError",
+    "LaunchError",
     "ModalAuthError",
     "PayloadError",
     "RemoteCallError",
@@ -67,6 +69,14 @@ class ModalAuthError(RuntimeError):
 
 class RemoteCallError(RuntimeError):
     """A Modal call failed outside the task: out of memory, failed to start, lost, expired."""
+
+
+class LaunchError(RuntimeError):
+    """A ``redun launch`` that cannot be started as asked (its database or configuration)."""
+
+
+class DatabaseBusyError(RuntimeError):
+    """Another launched scheduler holds the sqlite database on the scheduler volume."""
 
 
 class RemoteTaskError(Exception):

@@ -18,23 +18,37 @@ from redun_modal_executor.config import (
     TaskOptionError,
     resolve_call_options,
 )
+from redun_modal_executor.db_lock import busy_message, open_lock
 from redun_modal_executor.errors import (
     AppNotDeployedError,
     CallCancelledError,
     CallTimeoutError,
     CodePackageError,
     CodeSkewError,
+    DatabaseBusyError,
+    LaunchError,
     ModalAuthError,
     PayloadError,
     RemoteCallError,
     SerializationError,
 )
 from redun_modal_executor.inflight import InflightCalls
+from redun_modal_executor.launch import build_launch, follow_hint, is_launch, launch_options
 from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
 from redun_modal_executor.transport import Transport, create_transport
 
 if TYPE_CHECKING:
     from redun.scheduler import Job, Scheduler
+
+
+# Errors that fail one job before it is sent (options, arguments, code, launch database).
+_JOB_ERRORS = (
+    TaskOptionError,
+    SerializationError,
+    CodePackageError,
+    LaunchError,
+    DatabaseBusyError,
+)
 
 
 @dataclass
@@ -109,7 +123,13 @@ class ModalExecutor(Executor):
         self._submit(job, CallKind.TASK)
 
     def submit_script(self, job: Job) -> None:
-        self._submit(job, CallKind.SCRIPT)
+        assert self._scheduler
+        if not is_launch(job):
+            self._submit(job, CallKind.SCRIPT)
+        elif self._scheduler.is_running:  # `redun launch --wait`: an ordinary job.
+            self._submit(job, CallKind.LAUNCH)
+        else:  # `redun launch`: submitted to a scheduler that never runs, then stopped.
+            self._launch_detached(job)
 
     def stop(self) -> None:
         """Cancel the calls still in flight; the next submission starts afresh."""
@@ -128,16 +148,42 @@ class ModalExecutor(Executor):
         if summary:
             self.log(f"{self.config.backend} calls: {summary}")
 
-    def _submit(self, job: Job, kind: CallKind) -> None:
-        assert self._scheduler and job.args is not None
+    def _encode(
+        self, job: Job, kind: CallKind
+    ) -> tuple[Transport, bytes, CallOptions, dict[str, Any] | None]:
+        """The job's call: where it goes, its payload, its options and, for a launch, its
+        database. Raises one of ``_JOB_ERRORS`` when the job cannot be sent as it is."""
+        assert job.args is not None
+        job_options = job.get_options()
+        options = resolve_call_options(job.task.fullname, job_options, self.config)
+        launch = None
+        if kind == CallKind.LAUNCH:
+            launch = build_launch(self.config)
+            options = launch_options(options, self.config, launch, job_options)
+            self._refuse_if_busy(launch)
+        transport, code = self._ready_transport()
+        args, kwargs = job.args
+        payload = encode_call(
+            job.task, args, kwargs, kind, job.id, job.eval_hash or "", code=code, launch=launch
+        )
+        return transport, payload, options, launch
+
+    def _launch_detached(self, job: Job) -> None:
+        """`redun launch` without --wait: start the scheduler's call, say how to follow it,
+        and leave it running (redun stops this executor right after)."""
         try:
-            options = resolve_call_options(job.task.fullname, job.get_options(), self.config)
-            transport, code = self._ready_transport()
-            args, kwargs = job.args
-            payload = encode_call(
-                job.task, args, kwargs, kind, job.id, job.eval_hash or "", code=code
-            )
-        except (TaskOptionError, SerializationError, CodePackageError) as error:
+            transport, payload, options, launch = self._encode(job, CallKind.LAUNCH)
+            call_id = transport.spawn_detached(f"Task {job.task.fullname}", payload, options)
+        except (*_JOB_ERRORS, AppNotDeployedError, ModalAuthError, RemoteCallError) as error:
+            raise _launch_failed(error) from None
+        assert launch is not None
+        self.log(follow_hint(call_id, launch))
+
+    def _submit(self, job: Job, kind: CallKind) -> None:
+        assert self._scheduler
+        try:
+            transport, payload, options, _ = self._encode(job, kind)
+        except _JOB_ERRORS as error:
             self._reject(job, error)
             return
         label = f"Task {job.task.fullname}"
@@ -167,6 +213,21 @@ class ModalExecutor(Executor):
             if self._code_error is not None:
                 raise CodePackageError(self._code_error)
             return self._transport, self._code
+
+    def _refuse_if_busy(self, launch: dict[str, Any]) -> None:
+        """Refuse a launch whose sqlite database another launched scheduler is writing (the
+        launched call checks again, under the lock; this says so before anything starts)."""
+        database = launch["database"]
+        if database["kind"] != "volume":
+            return
+        lock = open_lock(database)
+        try:
+            holder = lock.holder()
+        except Exception as error:  # Modal unreachable: the launched call will tell.
+            self.log(f"could not check who uses {lock.where}: {type(error).__name__}: {error}")
+            return
+        if holder is not None:
+            raise DatabaseBusyError(busy_message(lock.where, holder))
 
     def _open_inflight_calls(self, transport: Transport) -> InflightCalls | None:
         """The in-flight call table, where reattaching is on and possible."""
@@ -272,6 +333,13 @@ class ModalExecutor(Executor):
             return
         self._report_progress(failed=True)
         self._scheduler.reject_job(job, error, traceback)
+
+
+def _launch_failed(error: Exception) -> Exception:
+    """What `redun launch` shows for an error (one line, exit status 1), not a traceback."""
+    from redun.cli import RedunClientError
+
+    return RedunClientError(f"redun launch: {error}")
 
 
 def _retriable(error: BaseException) -> bool:

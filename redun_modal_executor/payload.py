@@ -44,6 +44,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 class CallKind(str, Enum):
     TASK = "task"  # run the function, return its value
     SCRIPT = "script"  # run the shell command the function returns, return its stdout
+    LAUNCH = "launch"  # a script that runs a redun scheduler, with its database (see launch)
 
 
 def runtime_versions() -> dict[str, str]:
@@ -97,6 +98,7 @@ class CallHeader:
     job_id: str = ""
     eval_hash: str = ""
     code: dict[str, Any] | None = None  # A code package reference (see code_package).
+    launch: dict[str, Any] | None = None  # How a LAUNCH call keeps its database (see launch).
     versions: dict[str, str] = field(default_factory=runtime_versions)
 
 
@@ -135,6 +137,7 @@ def encode_call(
     job_id: str = "",
     eval_hash: str = "",
     code: dict[str, Any] | None = None,
+    launch: dict[str, Any] | None = None,
 ) -> bytes:
     """Serialize one job's call. Raises ``SerializationError`` naming the bad argument."""
     by_value = ships_by_value(task)
@@ -147,6 +150,7 @@ def encode_call(
         job_id=job_id,
         eval_hash=eval_hash,
         code=code,
+        launch=launch,
     )
     function = task.func if by_value else None
     try:

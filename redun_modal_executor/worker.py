@@ -57,6 +57,11 @@ def _execute(call: Call) -> Any:
         from redun.scripting import exec_script, prepare_command
 
         return exec_script(prepare_command(function(*args, **kwargs)))
+    if call.header.kind == CallKind.LAUNCH.value:
+        from redun_modal_executor.remote_scheduler import run_launch
+
+        assert call.header.launch is not None
+        return run_launch(function(*args, **kwargs), call.header.launch)
     result = function(*args, **kwargs)
     if inspect.iscoroutine(result):
         result = asyncio.run(result)

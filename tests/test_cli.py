@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import modal
 import pytest
 from test_modal_e2e import APP, MODAL_CONFIG, TARGET
@@ -15,7 +17,13 @@ from redun_modal_executor.modal_app import MANIFEST_KEY, code_dict_name, deploym
 def in_project(project, monkeypatch):
     project.write(".redun/redun.ini", MODAL_CONFIG)
     monkeypatch.chdir(project.root)
-    return project
+    # `plan` imports the workflow here, as redun does: its directory joins sys.path and its
+    # module sys.modules. Neither may leak to later tests (nor to their fake's workers).
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield project
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(project.root)):
+            del sys.modules[name]
 
 
 def record_deployment(**changes: str) -> None:
@@ -95,7 +103,17 @@ def test_help_lists_the_commands(capsys):
         cli.main(["--help"])
     assert exit.value.code == 0
     out = capsys.readouterr().out
-    assert "deploy" in out and "doctor" in out and "plan" in out
+    assert all(name in out for name in ("deploy", "doctor", "plan", "status", "logs", "pull"))
+
+
+def test_launch_commands_explain_what_they_cannot_find(project, monkeypatch, capsys):
+    monkeypatch.chdir(project.root)  # A local-backend project that never launched.
+    assert cli.main(["status", "lc-0123"]) == 2
+    assert "no local launch lc-0123 under" in capsys.readouterr().err
+    assert cli.main(["pull"]) == 2
+    assert "holds no redun.db yet" in capsys.readouterr().err
+    assert cli.main(["logs", "--executor", "nope", "lc-0123"]) == 2
+    assert "no [executors.nope] with `type = modal`" in capsys.readouterr().err
 
 
 def test_missing_config_is_a_clean_error(tmp_path, monkeypatch, capsys):

@@ -245,36 +245,6 @@ def test_redun_log_shows_the_jobs(project):
     assert "square" in jobs and "shout" in jobs
 
 
-def test_launch_wait_runs_the_workflow_through_a_script_job(project):
-    project.write("wf.py", WORKFLOW)
-    output = project.redun(
-        "launch", "--executor", "default", "--wait", "redun", "run", "wf.py", "main"
-    ).stdout
-    assert "{'total': 55, 'word': '[HI!]'}" in output
-
-
-def test_subrun_builds_a_modal_sub_scheduler_inside_a_worker(project):
-    project.write(
-        "wf.py",
-        """\
-        import os
-        from redun import task
-        from redun.scheduler import subrun
-
-        @task
-        def where() -> int:
-            return os.getpid()
-
-        @task
-        def main() -> dict:
-            return subrun(where(), executor="default", new_execution=True)
-        """,
-    )
-    output = project.redun("run", "wf.py", "main").stdout
-    assert "Sub-scheduler" in output
-    assert re.search(r"\d+\s*$", output.strip())
-
-
 def test_retries_rerun_a_failing_task_but_never_a_timeout(project, tmp_path):
     attempts = tmp_path / "attempts"
     project.write(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from test_e2e import final_line
+from test_launch import launch, redun_modal
 
 pytestmark = pytest.mark.e2e
 
@@ -36,3 +37,14 @@ def test_gpu_task_runs_on_the_cpu_locally(example_project):
 def test_script_task(example_project):
     output = ast.literal_eval(run_example(example_project, "script", "--name", "tests"))
     assert output.startswith(b"hello from a script job, tests\n")
+
+
+def test_remote_scheduler_launch(example_project):
+    shutil.copy(ROOT / "examples" / "launch.py", example_project.root / "launch.py")
+    call_id = launch(
+        example_project, "redun", "run", "launch.py", "main", "--samples", "4", executor="modal"
+    )
+    status = redun_modal(example_project, "status", "--wait", call_id).stdout
+    assert ast.literal_eval(status.splitlines()[1]) == {"mean": 3.625, "max": 8.2}
+    redun_modal(example_project, "pull")
+    assert "launch.py main" in example_project.redun("log").stdout

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import queue
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import sample_tasks
@@ -21,7 +23,9 @@ class Pool:
     def __init__(self, max_workers: int) -> None:
         self.outcomes: queue.Queue = queue.Queue()
         self.transport = LocalTransport(
-            lambda key, outcome: self.outcomes.put((key, outcome)), max_workers=max_workers
+            lambda key, outcome: self.outcomes.put((key, outcome)),
+            max_workers=max_workers,
+            calls_dir=Path(tempfile.mkdtemp(prefix="detached-calls-")),  # unused here
         )
 
     def spawn(self, key, task, *args, timeout=None, kind=CallKind.TASK):

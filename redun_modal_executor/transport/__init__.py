@@ -53,6 +53,11 @@ class Transport(ABC):
         whose calls die with their client ignore it."""
 
     @abstractmethod
+    def spawn_detached(self, label: str, payload: bytes, options: CallOptions) -> str:
+        """Start a call that outlives this client (``redun launch``); return its call id
+        once it is safely started. ``stop`` leaves it running."""
+
+    @abstractmethod
     def stop(self) -> int:
         """Cancel every call in flight, release workers; return how many calls were cancelled."""
 
@@ -62,7 +67,11 @@ def create_transport(config: ExecutorConfig, on_done: OnDone, on_spawned: OnSpaw
     if config.backend == "local":
         from redun_modal_executor.transport.local import LocalTransport
 
-        return LocalTransport(on_done, max_workers=config.max_workers or os.cpu_count() or 1)
+        return LocalTransport(
+            on_done,
+            max_workers=config.max_workers or os.cpu_count() or 1,
+            calls_dir=config.local_root() / "calls",
+        )
     from redun_modal_executor.transport.modal import ModalTransport
 
     return ModalTransport(on_done, on_spawned, config)

@@ -18,9 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 
 from redun_modal_executor.config import CallOptions
 from redun_modal_executor.errors import CallCancelledError, CallTimeoutError, WorkerDiedError
@@ -28,6 +30,11 @@ from redun_modal_executor.transport import OnDone, Transport
 
 _WORKER_MODULE = "redun_modal_executor.transport.local_worker"
 _STOP_GRACE_SECONDS = 2.0
+# Files of a detached call, in its directory.
+DETACHED_PAYLOAD = "payload"
+DETACHED_OUTPUT = "output.log"
+DETACHED_PID = "pid"
+DETACHED_RESULT = "result"
 
 
 @dataclass
@@ -114,9 +121,10 @@ def worker_environment() -> dict[str, str]:
 class LocalTransport(Transport):
     """Runs calls in up to ``max_workers`` worker processes on this machine."""
 
-    def __init__(self, on_done: OnDone, max_workers: int) -> None:
+    def __init__(self, on_done: OnDone, max_workers: int, calls_dir: Path) -> None:
         super().__init__(on_done)
         self.max_workers = max_workers
+        self.calls_dir = calls_dir
         self._lock = threading.Lock()
         self._incoming: deque[_Call] = deque()
         self._stopping = False
@@ -144,6 +152,24 @@ class LocalTransport(Transport):
                 )
                 self._thread.start()
         self._wake()
+
+    def spawn_detached(self, label: str, payload: bytes, options: CallOptions) -> str:
+        """A worker process of its own, in its own session, that outlives this one; its
+        output, pid and result envelope are files in ``calls_dir/<call id>``."""
+        call_id = "lc-" + uuid.uuid4().hex[:24]
+        call_dir = self.calls_dir / call_id
+        call_dir.mkdir(parents=True)
+        (call_dir / DETACHED_PAYLOAD).write_bytes(payload)
+        with (call_dir / DETACHED_OUTPUT).open("wb") as output:
+            subprocess.Popen(
+                [sys.executable, "-m", _WORKER_MODULE, "--detached", str(call_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=worker_environment(),
+                start_new_session=True,
+            )
+        return call_id
 
     def stop(self) -> int:
         with self._lock:

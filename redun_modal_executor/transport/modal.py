@@ -97,6 +97,10 @@ class ModalTransport(Transport):
         loop = self._running_loop()
         loop.call_soon_threadsafe(self._start, key, label, payload, options, reattach_to)
 
+    def spawn_detached(self, label: str, payload: bytes, options: CallOptions) -> str:
+        coroutine = self._spawn_detached(label, payload, options)
+        return asyncio.run_coroutine_threadsafe(coroutine, self._running_loop()).result()
+
     def upload_code(self, package: CodePackage) -> dict[str, Any]:
         loop = self._running_loop()
         self._code_upload = asyncio.run_coroutine_threadsafe(self._upload(package), loop)
@@ -165,11 +169,7 @@ class ModalTransport(Transport):
                 self._finish(key, reattached)
                 return
         try:
-            if options not in self._functions:
-                self._functions[options] = asyncio.ensure_future(self._bind(options))
-            function = await asyncio.shield(self._functions[options])
-            if self._code_upload is not None:
-                await asyncio.wrap_future(self._code_upload)
+            function = await self._ready_function(options)
             for attempt in range(1, INTERNAL_FAILURE_ATTEMPTS + 1):
                 # Shielded: if the run stops mid-spawn, stop() still learns the call id and
                 # cancels the call instead of leaving it running unseen.
@@ -190,6 +190,23 @@ class ModalTransport(Transport):
         except Exception as error:
             outcome = await self._explain(error, label, options, self._spawned_call(key))
         self._finish(key, outcome)
+
+    async def _ready_function(self, options: CallOptions) -> Any:
+        """The function bound to ``options``, once the code package is uploaded."""
+        if options not in self._functions:
+            self._functions[options] = asyncio.ensure_future(self._bind(options))
+        function = await asyncio.shield(self._functions[options])
+        if self._code_upload is not None:
+            await asyncio.wrap_future(self._code_upload)
+        return function
+
+    async def _spawn_detached(self, label: str, payload: bytes, options: CallOptions) -> str:
+        try:
+            function = await self._ready_function(options)
+            call = await _through_transient_errors(lambda: function.spawn.aio(payload))
+        except Exception as error:
+            raise await self._explain(error, label, options, None) from None
+        return call.object_id
 
     def _finish(self, key: str, outcome: bytes | BaseException) -> None:
         self._tasks.pop(key, None)

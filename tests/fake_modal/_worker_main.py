@@ -27,6 +27,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
     # This folder's module names must not shadow top-level modules in the function's code.
     del sys.path[0]
 
+from modal._runtime.execution_context import _set_current_context_ids  # noqa: E402
 from modal._serialization import (  # noqa: E402
     deserialize_data_format,
     pickle_exception,
@@ -76,6 +77,8 @@ def _call(request: dict[str, Any]) -> dict[str, Any]:
     output_format = input_format if input_format in _OUTPUT_FORMATS else _OUTPUT_FORMATS[0]
     try:
         args, kwargs = deserialize_data_format(request["args"], input_format, None)
+        # What `modal.current_function_call_id()` and friends read in a real container.
+        _set_current_context_ids([request["input_id"]], [request["call_id"]], [""])
         result = _load(request["target"])(*args, **kwargs)
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))

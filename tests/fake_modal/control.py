@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 from grpclib import GRPCError, Status
@@ -123,6 +126,8 @@ class ControlPlane:
         self.volumes: dict[str, NamedObject] = {}
         self.dicts: dict[str, NamedObject] = {}
         self.blob_store = BlobStore()
+        self._volume_root = Path(tempfile.mkdtemp(prefix="fake-modal-volumes-"))
+        self._mounted: list[Path] = []
         self._app_ids: dict[tuple[str, str], str] = {}
         self._bound_ids: dict[tuple[str, bytes], str] = {}
         self._faults: list[Fault] = []
@@ -175,10 +180,37 @@ class ControlPlane:
         return record.object_id
 
     def register_volume(self, name: str, *, environment: str | None = None) -> str:
-        """Create a Volume (recorded only: nothing is mounted)."""
+        """Create a Volume (a directory, see `volume_dir`)."""
         record = NamedObject(new_id("vo"), name, environment or self.default_environment)
         self.volumes[record.object_id] = record
         return record.object_id
+
+    def volume_dir(self, volume: str) -> Path:
+        """The directory holding a Volume's files (by id or name).
+
+        Inputs of functions that mount it at a path in the temp directory see it there, as a
+        symlink (tests pick unique mount paths); other mounts are recorded only."""
+        object_id = next(
+            (key for key, record in self.volumes.items() if volume in (key, record.name)), None
+        )
+        if object_id is None:
+            raise GRPCError(Status.NOT_FOUND, f"Volume '{volume}' not found")
+        path = self._volume_root / object_id
+        path.mkdir(exist_ok=True)
+        return path
+
+    def _mount_volumes(self, variant: Variant) -> None:
+        mounts = variant.options.volume_mounts if variant.options is not None else ()
+        for mount in mounts:
+            path = Path(mount.mount_path)
+            if not path.is_relative_to(tempfile.gettempdir()):
+                continue
+            target = self.volume_dir(mount.volume_id)
+            if path.is_symlink() and path.resolve() == target.resolve():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(target, target_is_directory=True)
+            self._mounted.append(path)
 
     def inject_fault(
         self,
@@ -246,6 +278,9 @@ class ControlPlane:
         if self._pool is not None:
             await self._pool.close()
         await self.blob_store.stop()
+        for path in self._mounted:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self._volume_root, ignore_errors=True)
 
     # ----- RPC support (event loop) -----
 
@@ -649,7 +684,9 @@ class ControlPlane:
         task_id = f"ta-{worker.pid}"
         started_at = time.time()
         secrets = [self.secrets[secret_id] for secret_id in call.variant.secret_ids()]
+        self._mount_volumes(call.variant)
         request = {
+            "call_id": call.call_id,
             "target": call.variant.spec.target,
             "args": arguments,
             "data_format": record.function_input.data_format,

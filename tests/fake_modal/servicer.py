@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from google.protobuf import empty_pb2
 from grpclib import GRPCError, Status
 from grpclib.events import RecvRequest
+from modal._utils.blob_utils import BLOCK_SIZE
 from modal._utils.grpc_testing import patch_mock_servicer
 from modal_proto import api_grpc, api_pb2
 
@@ -156,7 +157,44 @@ class FakeModalServicer(api_grpc.ModalClientBase):
             )
         )
 
-    # ----- dicts (where the executor keeps code packages) -----
+    async def VolumeReload(
+        self, stream: Stream[api_pb2.VolumeReloadRequest, empty_pb2.Empty]
+    ) -> None:
+        """Nothing to fetch: every mount is the Volume's directory itself."""
+        request = await stream.recv_message()
+        assert request is not None
+        self.control.volume_dir(request.volume_id)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeCommit(
+        self, stream: Stream[api_pb2.VolumeCommitRequest, api_pb2.VolumeCommitResponse]
+    ) -> None:
+        """Writes are in the Volume's directory already; commits are counted (rpc_counts)."""
+        request = await stream.recv_message()
+        assert request is not None
+        self.control.volume_dir(request.volume_id)
+        await stream.send_message(api_pb2.VolumeCommitResponse(skip_reload=True))
+
+    async def VolumeGetFile2(
+        self, stream: Stream[api_pb2.VolumeGetFile2Request, api_pb2.VolumeGetFile2Response]
+    ) -> None:
+        """`Volume.read_file`: the file's blocks as blobs to download."""
+        request = await stream.recv_message()
+        assert request is not None
+        path = self.control.volume_dir(request.volume_id) / request.path.lstrip("/")
+        if not path.is_file():
+            raise GRPCError(Status.NOT_FOUND, f"No such file: {request.path}")
+        data = path.read_bytes()
+        blocks = [data[at : at + BLOCK_SIZE] for at in range(0, len(data), BLOCK_SIZE)]
+        urls = [
+            self.control.blob_store.download_url(self.control.blob_store.put(block))
+            for block in blocks
+        ]
+        await stream.send_message(
+            api_pb2.VolumeGetFile2Response(get_urls=urls, size=len(data), start=0, len=len(data))
+        )
+
+    # ----- dicts (where the executor keeps code packages and launch locks) -----
 
     async def DictGetOrCreate(
         self, stream: Stream[api_pb2.DictGetOrCreateRequest, api_pb2.DictGetOrCreateResponse]
@@ -190,6 +228,16 @@ class FakeModalServicer(api_grpc.ModalClientBase):
         await stream.send_message(
             api_pb2.DictGetResponse(found=found, value=entries.get(request.key, b""))
         )
+
+    async def DictPop(
+        self, stream: Stream[api_pb2.DictPopRequest, api_pb2.DictPopResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        entries = self.control.dict_by_id(request.dict_id).entries
+        found = request.key in entries
+        value = entries.pop(request.key, b"")
+        await stream.send_message(api_pb2.DictPopResponse(found=found, value=value))
 
     async def DictUpdate(
         self, stream: Stream[api_pb2.DictUpdateRequest, api_pb2.DictUpdateResponse]

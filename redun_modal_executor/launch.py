@@ -1,0 +1,132 @@
+"""``redun launch`` on this executor: a scheduler in a worker, with a database that outlives it.
+
+redun's launch submits one script job, ``redun.script_task`` running ``redun run ...``, and
+without ``--wait`` stops at once. Here such a job is a *launch*: its call also carries the
+project's redun config and where the launched scheduler's database lives. The worker's side
+is ``remote_scheduler``.
+
+Where the database lives follows the project's ``db_uri``:
+
+- a sqlite file (redun's default) lives on this machine, out of the worker's reach, so the
+  launched scheduler keeps its own sqlite database on a volume (``scheduler_volume``), one
+  launch at a time, and ``redun-modal pull`` merges it into the local one;
+- any other ``db_uri`` (Postgres) is used as is, with credentials from Modal Secrets.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from redun_modal_executor.config import CallOptions, ExecutorConfig, redun_config_dir
+from redun_modal_executor.errors import LaunchError
+
+if TYPE_CHECKING:
+    from redun.scheduler import Job
+
+SCRIPT_TASK = "redun.script_task"
+DATABASE_FILE = "redun.db"
+DEFAULT_DB_URI = "sqlite:///redun.db"  # redun's, relative to the config directory
+
+
+def is_launch(job: Job) -> bool:
+    """What ``redun launch`` submits: redun's script task as a root job (a script inside a
+    workflow always has a parent, redun's ``script`` task)."""
+    return job.task.fullname == SCRIPT_TASK and job.parent_job is None
+
+
+def build_launch(config: ExecutorConfig) -> dict[str, Any]:
+    """The ``launch`` part of a launch call's header (JSON: no secrets, nothing pickled)."""
+    files = project_config_files(redun_config_dir())
+    return {
+        "config_files": files,
+        "database": database_spec(config, configured_db_uri(files)),
+        "sync_interval": config.scheduler_sync_interval,
+        # The local backend runs the launch where the client runs; Modal, in the code package.
+        "workdir": os.getcwd() if config.backend == "local" else None,
+    }
+
+
+def project_config_files(config_dir: Path) -> dict[str, str]:
+    """The ``*.ini`` files of the redun config directory, by name."""
+    if not config_dir.is_dir():
+        return {}
+    return {path.name: path.read_text() for path in sorted(config_dir.glob("*.ini"))}
+
+
+def configured_db_uri(files: dict[str, str]) -> str:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(files.get("redun.ini", ""))
+    return parser.get("backend", "db_uri", fallback="") or DEFAULT_DB_URI
+
+
+def database_spec(config: ExecutorConfig, db_uri: str) -> dict[str, Any]:
+    """Where the launched scheduler's database lives, and how it is kept to one writer."""
+    if not db_uri.startswith("sqlite:"):
+        _check_shared_db_uri(config, db_uri)
+        return {"kind": "configured"}
+    volume = config.scheduler_volume_name
+    if config.backend == "local":
+        directory = config.local_root() / "volumes" / volume
+        return {
+            "kind": "volume",
+            "backend": "local",
+            "volume": volume,
+            "dir": str(directory),
+            "file": DATABASE_FILE,
+        }
+    return {
+        "kind": "volume",
+        "backend": "modal",
+        "volume": volume,
+        "environment": config.environment,
+        "dir": config.scheduler_mount,
+        "file": DATABASE_FILE,
+        "lock_dict": f"{config.app_name}-locks",
+    }
+
+
+def _check_shared_db_uri(config: ExecutorConfig, db_uri: str) -> None:
+    parsed = urlparse(db_uri)
+    if parsed.password:
+        raise LaunchError(
+            "the db_uri in redun.ini holds a password, which would travel with the launch. "
+            "Remove it from db_uri and put it in a Modal Secret as REDUN_DB_PASSWORD (with "
+            "REDUN_DB_USERNAME), named in scheduler_secrets; redun reads both from there."
+        )
+    if config.backend == "modal" and parsed.hostname in ("localhost", "127.0.0.1", "::1"):
+        raise LaunchError(
+            f"db_uri points at {parsed.hostname}, which a scheduler on Modal cannot reach. "
+            "Use a database host reachable from Modal, or a sqlite db_uri (the launched "
+            "scheduler then keeps its database on scheduler_volume)."
+        )
+
+
+def launch_options(
+    options: CallOptions, config: ExecutorConfig, launch: dict, job_options: dict[str, Any]
+) -> CallOptions:
+    """A launch's call options: its task options (``redun launch -o``) plus the volume, the
+    scheduler secrets and, unless given, ``scheduler_timeout``."""
+    database = launch["database"]
+    volumes = options.volumes
+    if database["kind"] == "volume" and database["backend"] == "modal":
+        volumes = tuple(sorted({*volumes, (database["dir"], database["volume"])}))
+    secrets = tuple(dict.fromkeys((*options.secrets, *config.scheduler_secrets)))
+    timeout = options.timeout if "timeout" in job_options else config.scheduler_timeout
+    return dataclasses.replace(options, volumes=volumes, secrets=secrets, timeout=timeout)
+
+
+def follow_hint(call_id: str, launch: dict[str, Any]) -> str:
+    """What a user can do with a detached launch, printed when it starts."""
+    hint = (
+        f"launched scheduler call {call_id}; it goes on after this command exits. "
+        f"Follow it: `redun-modal logs {call_id}`; its outcome: `redun-modal status "
+        f"{call_id}` (--wait to wait for it)."
+    )
+    if launch["database"]["kind"] == "volume":
+        hint += " Then `redun-modal pull` brings its records here, for `redun log`."
+    return hint

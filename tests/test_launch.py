@@ -1,0 +1,286 @@
+"""`redun launch` on this executor: a scheduler in a worker, its database on a volume.
+
+On the local backend the volume is a directory (``local_dir/volumes/<name>``) and a detached
+launch is a process of its own; the same code runs as on Modal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import LOCAL_CONFIG, REDUN, Project
+from test_e2e import final_line
+from test_modal_e2e import APP, TARGET
+from test_modal_e2e import WORKFLOW as SUM_OF_SQUARES
+
+from redun_modal_executor.config import CallOptions, ExecutorConfig
+from redun_modal_executor.db_lock import FileLock
+from redun_modal_executor.errors import DatabaseBusyError, LaunchError
+from redun_modal_executor.launch import database_spec, launch_options
+from redun_modal_executor.remote_scheduler import _set_db_uri, run_launch
+
+pytestmark = pytest.mark.e2e
+
+REDUN_MODAL = str(Path(sys.executable).with_name("redun-modal"))
+
+WORKFLOW = (
+    "import time\nfrom pathlib import Path\n"
+    + SUM_OF_SQUARES
+    + """
+@task
+def wait_for(path: str) -> str:
+    deadline = time.time() + 120
+    while not Path(path).exists() and time.time() < deadline:
+        time.sleep(0.1)
+    return "released"
+
+@task
+def fails() -> None:
+    raise ValueError("the launched workflow failed on purpose")
+"""
+)
+
+
+def redun_modal(project: Project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    process = subprocess.run(
+        [REDUN_MODAL, *args],
+        cwd=project.root,
+        env=project.environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=180,
+    )
+    if check and process.returncode != 0:
+        raise AssertionError(f"redun-modal {' '.join(args)} failed:\n{process.stdout}")
+    return process
+
+
+def launch(project: Project, *command: str, executor: str = "default") -> str:
+    """Start a detached launch; return its call id."""
+    output = project.redun("launch", "--executor", executor, *command).stdout
+    found = re.search(r"launched scheduler call ([lf]c-\w+)", output)
+    assert found, output
+    return found.group(1)
+
+
+def stop_local_launch(project: Project, call_id: str) -> None:
+    pid_file = project.root / ".redun" / "modal-local" / "calls" / call_id / "pid"
+    try:
+        os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def test_detached_launch_runs_on_then_pull_shows_it_and_a_second_launch_is_cached(project):
+    project.write("wf.py", WORKFLOW)
+    first = launch(project, "redun", "run", "wf.py", "main")  # `redun launch` has exited.
+    status = redun_modal(project, "status", "--wait", first).stdout
+    assert status.splitlines()[:2] == [f"{first}: succeeded", "14"]
+    assert "Run    Job" in redun_modal(project, "logs", first).stdout
+
+    second = launch(project, "redun", "run", "wf.py", "main")
+    assert redun_modal(project, "status", "--wait", second).stdout.splitlines()[1] == "14"
+    log = redun_modal(project, "logs", second).stdout
+    assert len(re.findall(r"Cached Job \w+: +(?:main|square|sum_all)", log)) == 6, log
+    assert "Run    Job" not in log
+
+    pulled = redun_modal(project, "pull").stdout
+    assert re.search(r"Pulled [1-9]\d* new record\(s\)", pulled)
+    executions = project.redun("log").stdout
+    assert executions.count("run wf.py main") == 2
+    assert "square" in project.redun("log", "--job").stdout
+    assert "Pulled 0 new record(s)" in redun_modal(project, "pull").stdout
+
+
+def test_status_of_a_failed_launch_and_its_records(project):
+    project.write("wf.py", WORKFLOW)
+    call_id = launch(project, "redun", "run", "wf.py", "fails")
+    status = redun_modal(project, "status", "--wait", call_id, check=False)
+    assert status.returncode == 1
+    assert f"{call_id}: failed" in status.stdout and "ScriptError" in status.stdout
+    redun_modal(project, "pull")
+    assert "[FAILED]" in project.redun("log").stdout
+
+
+def test_a_second_launch_is_refused_while_the_first_writes_the_database(project, tmp_path):
+    project.write("wf.py", WORKFLOW)
+    release = tmp_path / "release"
+    first = launch(project, "redun", "run", "wf.py", "wait_for", "--path", str(release))
+    try:
+        assert redun_modal(project, "status", first, check=False).returncode == 3
+        refused = project.redun(
+            "launch", "--executor", "default", "redun", "run", "wf.py", "main", check=False
+        )
+        assert refused.returncode == 1
+        assert f"is in use by launch {first}" in refused.stdout
+        assert "redun-modal status" in refused.stdout
+        release.touch()
+        assert "released" in redun_modal(project, "status", "--wait", first).stdout
+    finally:
+        stop_local_launch(project, first)
+    # Released with the run: the next launch goes ahead.
+    after = launch(project, "redun", "run", "wf.py", "main")
+    assert redun_modal(project, "status", "--wait", after).returncode == 0
+
+
+def test_launch_wait_runs_the_scheduler_against_the_volume_database(project):
+    project.write("wf.py", WORKFLOW)
+    for _ in range(2):
+        output = project.redun(
+            "launch", "--executor", "default", "--wait", "redun", "run", "wf.py", "main"
+        ).stdout
+        assert "b'14\\n'" in output
+    redun_modal(project, "pull")
+    jobs = project.redun("log", "--job").stdout
+    assert "square" in jobs
+
+
+def test_subrun_tasks_are_dispatched_again_from_the_sub_scheduler(project):
+    project.write(
+        "wf.py",
+        """\
+        import os
+        from redun import task
+        from redun.scheduler import subrun
+
+        @task
+        def where() -> list:
+            return [os.getpid(), os.getppid()]
+
+        @task
+        def main() -> list:
+            return [where(), subrun(where(), executor="default", new_execution=True)]
+        """,
+    )
+    output = project.redun("run", "wf.py", "main").stdout
+    (outer_pid, outer_parent), (inner_pid, inner_parent) = eval(final_line(output))
+    assert "Sub-scheduler" in output
+    # Each ran in a worker process; the inner one's was started by the sub-scheduler's own
+    # executor (itself in a worker), not by the top-level scheduler.
+    assert inner_parent != outer_parent
+    assert inner_pid not in (outer_pid, outer_parent)
+
+
+def test_file_lock_admits_one_writer_and_names_it(tmp_path):
+    path = tmp_path / "redun.db.lock"
+    first, second = FileLock(path, "redun.db on volume v"), FileLock(path, "redun.db on volume v")
+    first.acquire("lc-first")
+    try:
+        assert second.holder() is not None and second.holder().owner == "lc-first"
+        with pytest.raises(DatabaseBusyError, match="in use by launch lc-first"):
+            second.acquire("lc-second")
+    finally:
+        first.release()
+    assert second.holder() is None
+    second.acquire("lc-second")
+    second.release()
+
+
+def test_database_spec_follows_the_projects_db_uri(tmp_path):
+    config = ExecutorConfig(name="modal", local_dir=str(tmp_path))
+    volume = database_spec(config, "sqlite:///redun.db")
+    assert volume["kind"] == "volume" and volume["volume"] == "redun-modal-executor-scheduler"
+    options = launch_options(CallOptions(timeout=60), config, {"database": volume}, {})
+    assert options.volumes == (("/redun-scheduler", "redun-modal-executor-scheduler"),)
+    assert options.timeout == 86400  # The executor's timeout is its jobs'; not a launch's.
+    given = launch_options(CallOptions(timeout=60), config, {"database": volume}, {"timeout": 60})
+    assert given.timeout == 60
+    assert database_spec(config, "postgresql://db.example.com/redun") == {"kind": "configured"}
+    with pytest.raises(LaunchError, match="REDUN_DB_PASSWORD"):
+        database_spec(config, "postgresql://me:hunter2@db.example.com/redun")
+    with pytest.raises(LaunchError, match="cannot reach"):
+        database_spec(config, "postgresql://localhost/redun")
+    local = ExecutorConfig(name="default", backend="local", local_dir=str(tmp_path))
+    assert database_spec(local, "sqlite:///redun.db")["dir"] == str(
+        tmp_path / "volumes" / "redun-modal-executor-scheduler"
+    )
+
+
+def test_launch_options_add_the_scheduler_secrets():
+    config = ExecutorConfig(name="modal", scheduler_secrets=("pg", "mine"))
+    spec = {"database": {"kind": "configured"}}
+    options = launch_options(CallOptions(secrets=("mine",)), config, spec, {})
+    assert options.secrets == ("mine", "pg")
+
+
+def test_the_launched_config_points_at_the_staged_database(tmp_path):
+    (tmp_path / "redun.ini").write_text(
+        LOCAL_CONFIG + "[backend]\ndb_uri = sqlite:///redun.db\nMixedCase = kept\n"
+    )
+    _set_db_uri(tmp_path, "sqlite:////tmp/x/redun.db")
+    text = (tmp_path / "redun.ini").read_text()
+    assert "db_uri = sqlite:////tmp/x/redun.db" in text and "MixedCase = kept" in text
+    assert "max_workers = 2" in text
+
+
+# On the fake Modal control plane, through the real modal client.
+
+
+def test_detached_launch_on_modal_outlives_the_launcher_which_cancels_nothing(
+    project, fake_modal, tmp_path
+):
+    mount = tmp_path / "mounts" / "scheduler"
+    project.write(
+        ".redun/redun.ini",
+        LOCAL_CONFIG
+        + f"""
+[executors.modal]
+type = modal
+scheduler_mount = {mount}
+scheduler_sync_interval = 1
+""",
+    )
+    fake_modal.register_function(APP, "run_job", TARGET)
+    project.write("wf.py", WORKFLOW)
+    release = tmp_path / "release"
+    # The container runs the scheduler with the project's [executors.default]: local workers
+    # inside it. `redun` by path: the fake's workers need not have it on PATH.
+    command = (REDUN, "run", "wf.py", "wait_for", "--path", str(release))
+    first = launch(project, *command, executor="modal")
+    assert first.startswith("fc-")
+
+    def lock_taken() -> bool:
+        return any(d.name == f"{APP}-locks" and d.entries for d in fake_modal.dicts.values())
+
+    fake_modal.wait_until(lock_taken, timeout=60)
+    # `redun launch` has exited; its call runs on.
+    assert fake_modal.running == 1
+    running = redun_modal(project, "status", "--executor", "modal", first, check=False)
+    assert running.returncode == 3
+    refused = project.redun("launch", "--executor", "modal", *command, check=False)
+    assert refused.returncode == 1 and f"in use by launch {first}" in refused.stdout
+
+    release.touch()
+    status = redun_modal(project, "status", "--executor", "modal", "--wait", first).stdout
+    assert "released" in status
+    assert fake_modal.rpc_counts["FunctionCallCancel"] == 0
+    assert fake_modal.inputs_cancelled == 0
+    assert fake_modal.rpc_counts["VolumeCommit"] >= 1
+    assert not lock_taken()
+    pulled = redun_modal(project, "pull", "--executor", "modal").stdout
+    assert re.search(r"Pulled [1-9]\d* new record\(s\)", pulled)
+    assert "wf.py wait_for" in project.redun("log").stdout
+
+
+def test_a_configured_database_is_used_as_is(tmp_path):
+    """A non-sqlite db_uri (Postgres, in practice) needs no volume: the launched scheduler
+    uses the project's db_uri. A sqlite file by absolute path stands in for it here."""
+    database = tmp_path / "shared.db"
+    (tmp_path / "wf.py").write_text(WORKFLOW)
+    launch_spec = {
+        "config_files": {
+            "redun.ini": LOCAL_CONFIG + f"[backend]\ndb_uri = sqlite:///{database}\n"
+        },
+        "database": {"kind": "configured"},
+        "sync_interval": 60,
+        "workdir": str(tmp_path),
+    }
+    assert run_launch(f"{REDUN} run wf.py main", launch_spec).splitlines()[-1] == b"14"
+    assert database.stat().st_size > 0
