@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import modal
 import pytest
 from conftest import LOCAL_CONFIG, REDUN, Project
 from test_e2e import final_line
@@ -20,7 +21,7 @@ from test_modal_e2e import APP, TARGET
 from test_modal_e2e import WORKFLOW as SUM_OF_SQUARES
 
 from redun_modal_executor.config import CallOptions, ExecutorConfig
-from redun_modal_executor.db_lock import FileLock
+from redun_modal_executor.db_lock import DictLock, FileLock, Holder
 from redun_modal_executor.errors import DatabaseBusyError, LaunchError
 from redun_modal_executor.launch import database_spec, launch_options
 from redun_modal_executor.remote_scheduler import _set_db_uri, run_launch
@@ -284,3 +285,35 @@ def test_a_configured_database_is_used_as_is(tmp_path):
     }
     assert run_launch(f"{REDUN} run wf.py main", launch_spec).splitlines()[-1] == b"14"
     assert database.stat().st_size > 0
+
+
+def test_modal_dict_lock_refuses_while_the_holder_runs_then_takes_over_once(fake_modal):
+    fake_modal.register_function("locks-app", "sleep_then", "fake_modal.sample:sleep_then")
+    holder = modal.Function.from_name("locks-app", "sleep_then").spawn(60).object_id
+    entries = modal.Dict.from_name("app-locks", create_if_missing=True)
+
+    def lock() -> DictLock:
+        return DictLock("app-locks", None, "v/redun.db", "redun.db on volume v")
+
+    first, contender = lock(), lock()
+    first.acquire(holder)
+    with pytest.raises(DatabaseBusyError, match=f"in use by launch {holder}"):
+        contender.acquire("fc-contender")
+    assert contender.holder() == Holder.from_record(entries.get("v/redun.db"))
+    # Modal runs a call again after its container was lost: the same call takes its lock.
+    lock().acquire(holder)
+
+    modal.FunctionCall.from_id(holder).cancel()  # It ended without releasing its lock.
+    fake_modal.wait_until(lambda: fake_modal.inputs_cancelled == 1)
+    assert contender.holder() is None
+    # Of those who see the dead holder, one takes over: here another got there first.
+    entries.put(f"v/redun.db/taken-from/{holder}", "fc-quicker")
+    with pytest.raises(DatabaseBusyError):
+        contender.acquire("fc-contender")
+    entries.pop(f"v/redun.db/taken-from/{holder}")
+    contender.acquire("fc-contender")
+    assert entries.get("v/redun.db")["owner"] == "fc-contender"
+    first.release()  # No longer the holder: leaves the lock alone.
+    assert entries.get("v/redun.db")["owner"] == "fc-contender"
+    contender.release()
+    assert entries.get("v/redun.db") is None
