@@ -197,7 +197,7 @@ def _launch_config(args: argparse.Namespace) -> ExecutorConfig:
     if args.executor:
         configs = [config for config in configs if config.name == args.executor]
     if not configs:
-        wanted = f"[executors.{args.executor}]" if args.executor else "an [executors.*] section"
+        wanted = f"[executors.{args.executor}]" if args.executor else "[executors.*] section"
         raise ConfigError(f"redun.ini has no {wanted} with `type = modal`")
     return next((config for config in configs if config.name == "default"), configs[0])
 

@@ -88,11 +88,18 @@ def _process_alive(pid_file: Path) -> bool:
 
 def _modal_outcome(call_id: str, wait: bool) -> Outcome:
     import modal
+    import modal.exception
 
     try:
         envelope = modal.FunctionCall.from_id(call_id).get(timeout=None if wait else 0)
     except TimeoutError:
         return Outcome("running")
+    except (modal.exception.AuthError, modal.exception.ConnectionError) as error:
+        # Not the launch's outcome: Modal could not be asked.
+        raise LaunchError(
+            f"could not ask Modal about {call_id}: {type(error).__name__}: {error} (check "
+            "`modal token new`, or MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)"
+        ) from None
     except Exception as error:  # Cancelled, timed out, crashed, expired: Modal says which.
         return Outcome("failed", f"{type(error).__name__}: {error}")
     return _from_envelope(envelope)

@@ -74,8 +74,14 @@ def _run_on_volume(
                 copy_database(local, shared)
                 volume.commit()
 
+        def sync_meanwhile() -> None:
+            try:
+                sync()
+            except Exception as error:  # The next sync, or the last, tries again.
+                print(f"redun-modal: could not sync the database: {error}", file=sys.stderr)
+
         try:
-            return _run(command, workdir, config_dir, every=(sync_interval, sync))
+            return _run(command, workdir, config_dir, every=(sync_interval, sync_meanwhile))
         finally:
             sync()
     finally:
