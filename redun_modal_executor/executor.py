@@ -33,7 +33,13 @@ from redun_modal_executor.errors import (
     SerializationError,
 )
 from redun_modal_executor.inflight import InflightCalls
-from redun_modal_executor.launch import build_launch, follow_hint, is_launch, launch_options
+from redun_modal_executor.launch import (
+    build_launch,
+    create_volume,
+    follow_hint,
+    is_launch,
+    launch_options,
+)
 from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
 from redun_modal_executor.transport import Transport, create_transport
 
@@ -160,7 +166,7 @@ class ModalExecutor(Executor):
         if kind == CallKind.LAUNCH:
             launch = build_launch(self.config)
             options = launch_options(options, self.config, launch, job_options)
-            self._refuse_if_busy(launch)
+            self._prepare_database(launch)
         transport, code = self._ready_transport()
         args, kwargs = job.args
         payload = encode_call(
@@ -214,16 +220,18 @@ class ModalExecutor(Executor):
                 raise CodePackageError(self._code_error)
             return self._transport, self._code
 
-    def _refuse_if_busy(self, launch: dict[str, Any]) -> None:
-        """Refuse a launch whose sqlite database another launched scheduler is writing (the
-        launched call checks again, under the lock; this says so before anything starts)."""
+    def _prepare_database(self, launch: dict[str, Any]) -> None:
+        """Create the launch's Volume if missing, and refuse a launch whose sqlite database
+        another launched scheduler is writing (the launched call checks again, under the
+        lock; this says so before anything starts)."""
         database = launch["database"]
         if database["kind"] != "volume":
             return
         lock = open_lock(database)
         try:
+            create_volume(database)
             holder = lock.holder()
-        except Exception as error:  # Modal unreachable: the launched call will tell.
+        except Exception as error:  # Modal unreachable: the spawn, or the call, will tell.
             self.log(f"could not check who uses {lock.where}: {type(error).__name__}: {error}")
             return
         if holder is not None:

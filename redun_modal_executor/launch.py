@@ -90,6 +90,18 @@ def database_spec(config: ExecutorConfig, db_uri: str) -> dict[str, Any]:
     }
 
 
+def create_volume(database: dict[str, Any]) -> None:
+    """Create the scheduler's Modal Volume if it is missing: a launch needs no setup beyond
+    the deploy. (On the local backend, the directory is made when first written.)"""
+    if database["kind"] != "volume" or database["backend"] != "modal":
+        return
+    import modal
+
+    modal.Volume.from_name(
+        database["volume"], environment_name=database.get("environment"), create_if_missing=True
+    ).hydrate()
+
+
 def _check_shared_db_uri(config: ExecutorConfig, db_uri: str) -> None:
     parsed = urlparse(db_uri)
     if parsed.password:

@@ -239,6 +239,7 @@ scheduler_sync_interval = 1
 """,
     )
     fake_modal.register_function(APP, "run_job", TARGET)
+    fake_modal.strict_objects = True  # As on Modal: the launch creates its Volume itself.
     project.write("wf.py", WORKFLOW)
     release = tmp_path / "release"
     # The container runs the scheduler with the project's [executors.default]: local workers
