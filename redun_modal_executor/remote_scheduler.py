@@ -18,7 +18,8 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +28,7 @@ from redun_modal_executor.db_lock import open_lock
 
 CALL_ID_ENV = "REDUN_MODAL_CALL_ID"  # Set in a local backend's detached launch process.
 _STOP_SECONDS = 60.0  # For the scheduler to cancel its own calls when the launch is stopped.
+_STOPPED_READ_SECONDS = 0.5
 _STDERR_TAIL_LINES = 1000  # Of a failed launch's stderr, for its ScriptError.
 
 
@@ -34,7 +36,10 @@ def run_launch(command: str, launch: dict[str, Any]) -> bytes:
     """Run the launched command; return its stdout, as redun's script tasks do."""
     from redun.scripting import ScriptError
 
-    with tempfile.TemporaryDirectory(prefix="redun-launch-") as scratch_name:
+    with (
+        _terminate_as_interrupt(),
+        tempfile.TemporaryDirectory(prefix="redun-launch-") as scratch_name,
+    ):
         scratch = Path(scratch_name)
         workdir = _workdir(launch, scratch)
         config_dir = _write_config(scratch / "config", launch["config_files"])
@@ -48,6 +53,25 @@ def run_launch(command: str, launch: dict[str, Any]) -> bytes:
     if returncode != 0:
         raise ScriptError(stderr)
     return stdout
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a container or local worker being stopped) ends the run as Ctrl-C does, so
+    the scheduler cancels its calls and the database is copied back before the end."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # Not the main thread: signals are not ours to handle.
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_on_volume(
@@ -193,6 +217,7 @@ def _run(
     ]
     for reader in readers:
         reader.start()
+    stopped = False
     try:
         while True:
             try:
@@ -202,12 +227,15 @@ def _run(
                 assert every is not None
                 every[1]()
     except BaseException:
-        # Stopped (cancelled on Modal, Ctrl-C locally): let the scheduler cancel its calls.
+        # Stopped (cancelled, or SIGTERM): let the scheduler cancel its calls.
+        stopped = True
         _interrupt(process)
         raise
     finally:
         for reader in readers:
-            reader.join()
+            # Once stopped, the command's leftover children may hold its pipes open: the
+            # database comes first, their last lines may go.
+            reader.join(timeout=_STOPPED_READ_SECONDS if stopped else None)
     return process.returncode, b"".join(stdout), b"".join(stderr)
 
 

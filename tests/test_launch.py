@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import modal
@@ -35,7 +36,8 @@ WORKFLOW = (
     + SUM_OF_SQUARES
     + """
 @task
-def wait_for(path: str) -> str:
+def wait_for(path: str, after: int = 0) -> str:
+    Path(path + ".started").touch()
     deadline = time.time() + 120
     while not Path(path).exists() and time.time() < deadline:
         time.sleep(0.1)
@@ -141,6 +143,32 @@ def test_launch_wait_runs_the_scheduler_against_the_volume_database(project):
     redun_modal(project, "pull")
     jobs = project.redun("log", "--job").stdout
     assert "square" in jobs
+
+
+def test_ctrl_c_on_a_waited_launch_saves_its_database_first(project, tmp_path):
+    project.write(".redun/redun.ini", LOCAL_CONFIG + "scheduler_sync_interval = 3600\n")
+    # The jobs of `main` are done (wait_for takes their result) when wait_for starts.
+    project.write(
+        "wf.py",
+        WORKFLOW + "\n@task\ndef both(path: str) -> str:\n    return wait_for(path, main())\n",
+    )
+    release = tmp_path / "release"
+    command = ("redun", "run", "wf.py", "both", "--path", str(release))
+    client = project.start("launch", "--executor", "default", "--wait", *command)
+    deadline = time.monotonic() + 60
+    while not Path(f"{release}.started").exists():
+        assert time.monotonic() < deadline and client.poll() is None, client.stdout.read()
+        time.sleep(0.1)
+    client.send_signal(signal.SIGINT)
+    output, _ = client.communicate(timeout=60)
+    release.touch()  # For the stopped scheduler's worker, if it outlived its scheduler.
+    assert client.returncode != 0, output
+    # No periodic sync happened (an hour apart): the records come from the copy made on stop.
+    redun_modal(project, "pull")
+    assert "square" in project.redun("log", "--job").stdout
+    after = launch(project, "redun", "run", "wf.py", "main")  # The lock was released.
+    log = redun_modal(project, "status", "--wait", after).stdout
+    assert log.splitlines()[1] == "14"
 
 
 def test_subrun_tasks_are_dispatched_again_from_the_sub_scheduler(project):

@@ -29,7 +29,8 @@ from redun_modal_executor.errors import CallCancelledError, CallTimeoutError, Wo
 from redun_modal_executor.transport import OnDone, Transport
 
 _WORKER_MODULE = "redun_modal_executor.transport.local_worker"
-_STOP_GRACE_SECONDS = 2.0
+_STOP_GRACE_SECONDS = 2.0  # For an idle worker to exit.
+_KILL_GRACE_SECONDS = 5.0  # For a stopped worker to exit on SIGTERM (a launch saves its db).
 # Files of a detached call, in its directory.
 DETACHED_PAYLOAD = "payload"
 DETACHED_OUTPUT = "output.log"
@@ -86,12 +87,22 @@ class _Worker:
         self.connection.send_bytes(self.call.payload)
 
     def kill(self) -> None:
+        """Stop the worker and whatever its task started: SIGTERM first, as Modal stops a
+        container, so a launched scheduler can save its database; SIGKILL after a grace."""
+        self._signal_group(signal.SIGTERM)
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            self.process.wait(timeout=_KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
             pass
+        self._signal_group(signal.SIGKILL)  # Also the task's own children, if any linger.
         self.connection.close()
         self.process.wait()
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
 
     def close(self) -> None:
         """Ask an idle worker to exit (EOF on its socket); kill it if it lingers."""
