@@ -46,6 +46,8 @@ class _InFlight:
     options: CallOptions
     payload: bytes | None  # Kept only while retries are left.
     retries_left: int
+    # Written by redun with the job's outcome: one transaction per job, not one per tag event.
+    tags: list[tuple[str, Any]]
 
 
 class _Progress:
@@ -141,13 +143,13 @@ class ModalExecutor(Executor):
             self._reject(job, error)
             return
         label = f"Task {job.task.fullname}"
-        self._scheduler.add_job_tags(job, self._where_tags(options))
+        tags = self._where_tags(options)
         reattach_to = self._inflight.claim(job.eval_hash) if self._inflight else None
         if reattach_to is not None:
             self.log(f"{label}: reattaching to Modal call {reattach_to}, left by an earlier run")
-            self._scheduler.add_job_tags(job, [("modal_call", reattach_to)])
+            tags.append(("modal_call", reattach_to))
         retries = options.retries or 0
-        entry = _InFlight(job, label, options, payload if retries else None, retries)
+        entry = _InFlight(job, label, options, payload if retries else None, retries, tags)
         with self._lock:
             self._jobs[job.id] = entry
         transport.spawn(job.id, label, payload, options, reattach_to)
@@ -199,9 +201,10 @@ class ModalExecutor(Executor):
         thread; a failure to record only warns)."""
         with self._lock:
             entry, inflight = self._jobs.get(key), self._inflight
+            if entry is not None and ("modal_call", call_id) not in entry.tags:
+                entry.tags.append(("modal_call", call_id))
         if entry is None or self._scheduler is None:
             return
-        self._scheduler.add_job_tags(entry.job, [("modal_call", call_id)])
         if inflight is None or not entry.job.eval_hash:
             return
         try:
@@ -226,10 +229,12 @@ class ModalExecutor(Executor):
         if line:
             self.log(line)
 
-    def _reject(self, job: Job, error: BaseException) -> None:
+    def _reject(
+        self, job: Job, error: BaseException, tags: list[tuple[str, Any]] | None = None
+    ) -> None:
         assert self._scheduler
         traceback = Traceback(error, [], logs=getattr(error, "logs", None))
-        self._scheduler.reject_job(job, error, traceback)
+        self._scheduler.reject_job(job, error, traceback, job_tags=tags or [])
 
     def _on_done(self, key: str, outcome: bytes | BaseException) -> None:
         """Called from the transport's thread when a call has finished, failed or was cancelled."""
@@ -252,11 +257,12 @@ class ModalExecutor(Executor):
                         f"{entry.label}: its result envelope could not be loaded here: "
                         f"{type(unreadable).__name__}: {unreadable}"
                     ),
+                    entry.tags,
                 )
                 return
             if isinstance(result, Success):
                 self._report_progress(failed=False)
-                self._scheduler.done_job(job, result.value)
+                self._scheduler.done_job(job, result.value, job_tags=entry.tags)
                 return
             error = result.error
             traceback = Traceback(result.error, result.frames, logs=result.logs)
@@ -271,7 +277,7 @@ class ModalExecutor(Executor):
             transport.spawn(key, entry.label, entry.payload, entry.options)
             return
         self._report_progress(failed=True)
-        self._scheduler.reject_job(job, error, traceback)
+        self._scheduler.reject_job(job, error, traceback, job_tags=entry.tags)
 
 
 def _retriable(error: BaseException) -> bool:
