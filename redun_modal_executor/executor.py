@@ -181,7 +181,7 @@ class ModalExecutor(Executor):
             # could reattach from it anyway.
             return None
         # redun guards its database with this lock; sharing it keeps sqlite to one writer.
-        return InflightCalls(engine, getattr(backend, "_db_lock", None))
+        return InflightCalls(engine, getattr(backend, "_db_lock", None), self.log)
 
     def _where_tags(self, options: CallOptions) -> list[tuple[str, Any]]:
         """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
@@ -197,20 +197,14 @@ class ModalExecutor(Executor):
         return tags
 
     def _on_spawned(self, key: str, call_id: str) -> None:
-        """Tag the job with its call and record the call for reattaching (from a worker
-        thread; a failure to record only warns)."""
+        """Tag the job with its call and queue the call's record for reattaching."""
         with self._lock:
             entry, inflight = self._jobs.get(key), self._inflight
             if entry is not None and ("modal_call", call_id) not in entry.tags:
                 entry.tags.append(("modal_call", call_id))
-        if entry is None or self._scheduler is None:
+        if entry is None or inflight is None or not entry.job.eval_hash:
             return
-        if inflight is None or not entry.job.eval_hash:
-            return
-        try:
-            inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)
-        except Exception as error:
-            self.log(f"could not record Modal call {call_id} for reattaching: {error}")
+        inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)
 
     def _ship_code(self, transport: Transport) -> dict[str, Any]:
         package = build_code_package(

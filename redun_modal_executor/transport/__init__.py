@@ -17,7 +17,8 @@ from redun_modal_executor.config import CallOptions, ExecutorConfig
 # Called from the transport's own thread with the key given to ``spawn`` and either the result
 # envelope or the exception that kept the call from producing one.
 OnDone = Callable[[str, bytes | BaseException], None]
-# Called (in a worker thread: it may block) with a key and the id of the call now running it.
+# Called from the transport's own thread with a key and the id of the call now running it;
+# it must not block.
 OnSpawned = Callable[[str, str], None]
 
 

@@ -177,7 +177,7 @@ class ModalTransport(Transport):
                     _through_transient_errors(lambda: function.spawn.aio(payload))
                 )
                 call = await asyncio.shield(self._spawns[key])
-                await asyncio.to_thread(self._on_spawned, key, call.object_id)
+                self._on_spawned(key, call.object_id)
                 try:
                     outcome = await _through_transient_errors(call.get.aio)
                     break
