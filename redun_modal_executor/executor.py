@@ -42,9 +42,9 @@ class _InFlight:
     """A submitted job, and what it takes to run it again if it may be retried."""
 
     job: Job
+    kind: CallKind
     label: str
     options: CallOptions
-    payload: bytes | None  # Kept only while retries are left.
     retries_left: int
     # Written by redun with the job's outcome: one transaction per job, not one per tag event.
     tags: list[tuple[str, Any]]
@@ -135,10 +135,7 @@ class ModalExecutor(Executor):
         try:
             options = resolve_call_options(job.task.fullname, job.get_options(), self.config)
             transport, code = self._ready_transport()
-            args, kwargs = job.args
-            payload = encode_call(
-                job.task, args, kwargs, kind, job.id, job.eval_hash or "", code=code
-            )
+            payload = _encode(job, kind, code)
         except (TaskOptionError, SerializationError, CodePackageError) as error:
             self._reject(job, error)
             return
@@ -149,7 +146,7 @@ class ModalExecutor(Executor):
             self.log(f"{label}: reattaching to Modal call {reattach_to}, left by an earlier run")
             tags.append(("modal_call", reattach_to))
         retries = options.retries or 0
-        entry = _InFlight(job, label, options, payload if retries else None, retries, tags)
+        entry = _InFlight(job, kind, label, options, retries, tags)
         with self._lock:
             self._jobs[job.id] = entry
         transport.spawn(job.id, label, payload, options, reattach_to)
@@ -158,7 +155,9 @@ class ModalExecutor(Executor):
         """The transport, started on first use, with the code package shipped if it needs one."""
         with self._lock:
             if self._transport is None:
-                self._transport = create_transport(self.config, self._on_done, self._on_spawned)
+                self._transport = create_transport(
+                    self.config, self._on_done, self._on_spawned, self._reencode
+                )
                 self._inflight = self._open_inflight_calls(self._transport)
                 self._code, self._code_error = None, None
                 if self._transport.ships_code and self.config.ship_code:
@@ -205,6 +204,12 @@ class ModalExecutor(Executor):
         if entry is None or inflight is None or not entry.job.eval_hash:
             return
         inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)
+
+    def _reencode(self, key: str) -> bytes:
+        """A job's payload once more, to send it again (payloads are not kept: they can be big)."""
+        with self._lock:
+            entry, code = self._jobs[key], self._code
+        return _encode(entry.job, entry.kind, code)
 
     def _ship_code(self, transport: Transport) -> dict[str, Any]:
         package = build_code_package(
@@ -260,7 +265,7 @@ class ModalExecutor(Executor):
                 return
             error = result.error
             traceback = Traceback(result.error, result.frames, logs=result.logs)
-        if entry.retries_left and entry.payload is not None and _retriable(error):
+        if entry.retries_left and _retriable(error):
             entry.retries_left -= 1
             self.log(
                 f"{entry.label} failed ({type(error).__name__}: {error}); running it again "
@@ -268,10 +273,18 @@ class ModalExecutor(Executor):
             )
             with self._lock:
                 self._jobs[key] = entry
-            transport.spawn(key, entry.label, entry.payload, entry.options)
+                code = self._code
+            transport.spawn(key, entry.label, _encode(job, entry.kind, code), entry.options)
             return
         self._report_progress(failed=True)
         self._scheduler.reject_job(job, error, traceback, job_tags=entry.tags)
+
+
+def _encode(job: Job, kind: CallKind, code: dict[str, Any] | None) -> bytes:
+    """The call payload of ``job``; raises ``SerializationError`` naming a bad argument."""
+    assert job.args is not None
+    args, kwargs = job.args
+    return encode_call(job.task, args, kwargs, kind, job.id, job.eval_hash or "", code=code)
 
 
 def _retriable(error: BaseException) -> bool:

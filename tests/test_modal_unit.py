@@ -195,7 +195,7 @@ def test_reattach_table_only_in_a_database_other_processes_can_open(tmp_path, db
     )
     scheduler.load()
     executor = scheduler.executors["modal"]
-    transport = create_transport(executor.config, lambda *_: None, lambda *_: None)
+    transport = create_transport(executor.config, *[lambda *_: None] * 3)
     assert (executor._open_inflight_calls(transport) is not None) == reattaches
 
 

@@ -14,6 +14,7 @@ already open, so the gets are spread over several clients, each with its own con
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from redun_modal_executor.errors import (
     RemoteCallError,
 )
 from redun_modal_executor.modal_app import code_dict_name, function_name
-from redun_modal_executor.transport import OnDone, OnSpawned, Transport
+from redun_modal_executor.transport import OnDone, OnSpawned, Reencode, Transport
 
 MODAL_DEFAULT_TIMEOUT = 300
 INTERNAL_FAILURE_ATTEMPTS = 3
@@ -76,9 +77,12 @@ class ModalTransport(Transport):
     ships_code = True
     reattaches = True
 
-    def __init__(self, on_done: OnDone, on_spawned: OnSpawned, config: ExecutorConfig) -> None:
+    def __init__(
+        self, on_done: OnDone, on_spawned: OnSpawned, reencode: Reencode, config: ExecutorConfig
+    ) -> None:
         super().__init__(on_done)
         self._on_spawned = on_spawned
+        self._reencode = reencode
         self._config = config
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,7 +166,7 @@ class ModalTransport(Transport):
         self,
         key: str,
         label: str,
-        payload: bytes,
+        payload: bytes | None,
         options: CallOptions,
         reattach_to: str | None,
     ) -> None:
@@ -181,12 +185,15 @@ class ModalTransport(Transport):
             if self._code_upload is not None:
                 await asyncio.wrap_future(self._code_upload)
             for attempt in range(1, INTERNAL_FAILURE_ATTEMPTS + 1):
+                if payload is None:
+                    payload = self._reencode(key)
                 # Shielded: if the run stops mid-spawn, stop() still learns the call id and
                 # cancels the call instead of leaving it running unseen.
                 self._spawns[key] = asyncio.ensure_future(
-                    _through_transient_errors(lambda: function.spawn.aio(payload))
+                    _through_transient_errors(functools.partial(function.spawn.aio, payload))
                 )
                 call = await asyncio.shield(self._spawns[key])
+                payload = None  # Sent: kept, a big value would take memory until the call ends.
                 self._on_spawned(key, call.object_id)
                 try:
                     outcome = await self._get(call, call.object_id)
