@@ -46,7 +46,8 @@ class _InFlight:
     label: str
     options: CallOptions
     retries_left: int
-    # Written by redun with the job's outcome: one transaction per job, not one per tag event.
+    # Not written yet: they go with the call id once spawned (one transaction per job), or with
+    # the outcome if the job ends first.
     tags: list[tuple[str, Any]]
 
 
@@ -145,6 +146,11 @@ class ModalExecutor(Executor):
         if reattach_to is not None:
             self.log(f"{label}: reattaching to Modal call {reattach_to}, left by an earlier run")
             tags.append(("modal_call", reattach_to))
+        if reattach_to is not None or not transport.reattaches:
+            # No call id to wait for (the call is known, or the transport has none): write now.
+            # Not with the outcome: redun 0.44 queries a job's tags twice when it ends.
+            self._scheduler.add_job_tags(job, tags)
+            tags = []
         retries = options.retries or 0
         entry = _InFlight(job, kind, label, options, retries, tags)
         with self._lock:
@@ -196,12 +202,15 @@ class ModalExecutor(Executor):
         return tags
 
     def _on_spawned(self, key: str, call_id: str) -> None:
-        """Tag the job with its call and queue the call's record for reattaching."""
+        """Tag the job with its call (and its other tags not written yet) and queue the call's
+        record for reattaching."""
         with self._lock:
             entry, inflight = self._jobs.get(key), self._inflight
-            if entry is not None and ("modal_call", call_id) not in entry.tags:
-                entry.tags.append(("modal_call", call_id))
-        if entry is None or inflight is None or not entry.job.eval_hash:
+            if entry is None or self._scheduler is None:
+                return
+            tags, entry.tags = [*entry.tags, ("modal_call", call_id)], []
+        self._scheduler.add_job_tags(entry.job, tags)
+        if inflight is None or not entry.job.eval_hash:
             return
         inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)
 
