@@ -62,10 +62,14 @@ class _InFlight:
     """A submitted job, and what it takes to run it again if it may be retried."""
 
     job: Job
+    kind: CallKind
     label: str
     options: CallOptions
-    payload: bytes | None  # Kept only while retries are left.
     retries_left: int
+    launch: dict[str, Any] | None  # A launch's database (see launch), for each encoding.
+    # Not written yet: they go with the call id once spawned (one transaction per job), or with
+    # the outcome if the job ends first.
+    tags: list[tuple[str, Any]]
 
 
 class _Progress:
@@ -154,12 +158,11 @@ class ModalExecutor(Executor):
         if summary:
             self.log(f"{self.config.backend} calls: {summary}")
 
-    def _encode(
+    def _prepare(
         self, job: Job, kind: CallKind
     ) -> tuple[Transport, bytes, CallOptions, dict[str, Any] | None]:
         """The job's call: where it goes, its payload, its options and, for a launch, its
         database. Raises one of ``_JOB_ERRORS`` when the job cannot be sent as it is."""
-        assert job.args is not None
         job_options = job.get_options()
         options = resolve_call_options(job.task.fullname, job_options, self.config)
         launch = None
@@ -168,17 +171,13 @@ class ModalExecutor(Executor):
             options = launch_options(options, self.config, launch, job_options)
             self._prepare_database(launch)
         transport, code = self._ready_transport()
-        args, kwargs = job.args
-        payload = encode_call(
-            job.task, args, kwargs, kind, job.id, job.eval_hash or "", code=code, launch=launch
-        )
-        return transport, payload, options, launch
+        return transport, _encode(job, kind, code, launch), options, launch
 
     def _launch_detached(self, job: Job) -> None:
         """`redun launch` without --wait: start the scheduler's call, say how to follow it,
         and leave it running (redun stops this executor right after)."""
         try:
-            transport, payload, options, launch = self._encode(job, CallKind.LAUNCH)
+            transport, payload, options, launch = self._prepare(job, CallKind.LAUNCH)
             call_id = transport.spawn_detached(f"Task {job.task.fullname}", payload, options)
         except (*_JOB_ERRORS, AppNotDeployedError, ModalAuthError, RemoteCallError) as error:
             raise _launch_failed(error) from None
@@ -188,18 +187,23 @@ class ModalExecutor(Executor):
     def _submit(self, job: Job, kind: CallKind) -> None:
         assert self._scheduler
         try:
-            transport, payload, options, _ = self._encode(job, kind)
+            transport, payload, options, launch = self._prepare(job, kind)
         except _JOB_ERRORS as error:
             self._reject(job, error)
             return
         label = f"Task {job.task.fullname}"
-        self._scheduler.add_job_tags(job, self._where_tags(options))
+        tags = self._where_tags(options)
         reattach_to = self._inflight.claim(job.eval_hash) if self._inflight else None
         if reattach_to is not None:
             self.log(f"{label}: reattaching to Modal call {reattach_to}, left by an earlier run")
-            self._scheduler.add_job_tags(job, [("modal_call", reattach_to)])
+            tags.append(("modal_call", reattach_to))
+        if reattach_to is not None or not transport.reattaches:
+            # No call id to wait for (the call is known, or the transport has none): write now.
+            # Not with the outcome: redun 0.44 queries a job's tags twice when it ends.
+            self._scheduler.add_job_tags(job, tags)
+            tags = []
         retries = options.retries or 0
-        entry = _InFlight(job, label, options, payload if retries else None, retries)
+        entry = _InFlight(job, kind, label, options, retries, launch, tags)
         with self._lock:
             self._jobs[job.id] = entry
         transport.spawn(job.id, label, payload, options, reattach_to)
@@ -208,7 +212,9 @@ class ModalExecutor(Executor):
         """The transport, started on first use, with the code package shipped if it needs one."""
         with self._lock:
             if self._transport is None:
-                self._transport = create_transport(self.config, self._on_done, self._on_spawned)
+                self._transport = create_transport(
+                    self.config, self._on_done, self._on_spawned, self._reencode
+                )
                 self._inflight = self._open_inflight_calls(self._transport)
                 self._code, self._code_error = None, None
                 if self._transport.ships_code and self.config.ship_code:
@@ -248,7 +254,7 @@ class ModalExecutor(Executor):
             # could reattach from it anyway.
             return None
         # redun guards its database with this lock; sharing it keeps sqlite to one writer.
-        return InflightCalls(engine, getattr(backend, "_db_lock", None))
+        return InflightCalls(engine, getattr(backend, "_db_lock", None), self.log)
 
     def _where_tags(self, options: CallOptions) -> list[tuple[str, Any]]:
         """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
@@ -264,19 +270,23 @@ class ModalExecutor(Executor):
         return tags
 
     def _on_spawned(self, key: str, call_id: str) -> None:
-        """Tag the job with its call and record the call for reattaching (from a worker
-        thread; a failure to record only warns)."""
+        """Tag the job with its call (and its other tags not written yet) and queue the call's
+        record for reattaching."""
         with self._lock:
             entry, inflight = self._jobs.get(key), self._inflight
-        if entry is None or self._scheduler is None:
-            return
-        self._scheduler.add_job_tags(entry.job, [("modal_call", call_id)])
+            if entry is None or self._scheduler is None:
+                return
+            tags, entry.tags = [*entry.tags, ("modal_call", call_id)], []
+        self._scheduler.add_job_tags(entry.job, tags)
         if inflight is None or not entry.job.eval_hash:
             return
-        try:
-            inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)
-        except Exception as error:
-            self.log(f"could not record Modal call {call_id} for reattaching: {error}")
+        inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)
+
+    def _reencode(self, key: str) -> bytes:
+        """A job's payload once more, to send it again (payloads are not kept: they can be big)."""
+        with self._lock:
+            entry, code = self._jobs[key], self._code
+        return _encode(entry.job, entry.kind, code, entry.launch)
 
     def _ship_code(self, transport: Transport) -> dict[str, Any]:
         package = build_code_package(
@@ -295,10 +305,12 @@ class ModalExecutor(Executor):
         if line:
             self.log(line)
 
-    def _reject(self, job: Job, error: BaseException) -> None:
+    def _reject(
+        self, job: Job, error: BaseException, tags: list[tuple[str, Any]] | None = None
+    ) -> None:
         assert self._scheduler
         traceback = Traceback(error, [], logs=getattr(error, "logs", None))
-        self._scheduler.reject_job(job, error, traceback)
+        self._scheduler.reject_job(job, error, traceback, job_tags=tags or [])
 
     def _on_done(self, key: str, outcome: bytes | BaseException) -> None:
         """Called from the transport's thread when a call has finished, failed or was cancelled."""
@@ -321,15 +333,16 @@ class ModalExecutor(Executor):
                         f"{entry.label}: its result envelope could not be loaded here: "
                         f"{type(unreadable).__name__}: {unreadable}"
                     ),
+                    entry.tags,
                 )
                 return
             if isinstance(result, Success):
                 self._report_progress(failed=False)
-                self._scheduler.done_job(job, result.value)
+                self._scheduler.done_job(job, result.value, job_tags=entry.tags)
                 return
             error = result.error
             traceback = Traceback(result.error, result.frames, logs=result.logs)
-        if entry.retries_left and entry.payload is not None and _retriable(error):
+        if entry.retries_left and _retriable(error):
             entry.retries_left -= 1
             self.log(
                 f"{entry.label} failed ({type(error).__name__}: {error}); running it again "
@@ -337,10 +350,23 @@ class ModalExecutor(Executor):
             )
             with self._lock:
                 self._jobs[key] = entry
-            transport.spawn(key, entry.label, entry.payload, entry.options)
+                code = self._code
+            payload = _encode(job, entry.kind, code, entry.launch)
+            transport.spawn(key, entry.label, payload, entry.options)
             return
         self._report_progress(failed=True)
-        self._scheduler.reject_job(job, error, traceback)
+        self._scheduler.reject_job(job, error, traceback, job_tags=entry.tags)
+
+
+def _encode(
+    job: Job, kind: CallKind, code: dict[str, Any] | None, launch: dict[str, Any] | None
+) -> bytes:
+    """The call payload of ``job``; raises ``SerializationError`` naming a bad argument."""
+    assert job.args is not None
+    args, kwargs = job.args
+    return encode_call(
+        job.task, args, kwargs, kind, job.id, job.eval_hash or "", code=code, launch=launch
+    )
 
 
 def _launch_failed(error: Exception) -> Exception:

@@ -1,10 +1,11 @@
 """Modal calls in flight, kept in the redun database so a restarted scheduler can reattach.
 
 A row maps a job's ``eval_hash`` (its task's code and arguments) to the Modal call running
-it. It is written as soon as the call is spawned and deleted when the run that spawned it
-stops normally, by which time redun has been given every outcome. Only a scheduler that dies
-(SIGKILL, a lost laptop) leaves rows behind; the same command run again claims them and waits
-for those calls instead of paying for the work twice.
+it. Rows are written in batches, within ``FLUSH_SECONDS`` of the spawn, and deleted when the
+run that spawned them stops normally, by which time redun has been given every outcome. Only a
+scheduler that dies (SIGKILL, a lost laptop) leaves rows behind; the same command run again
+claims them and waits for those calls instead of paying for the work twice. A scheduler that
+dies loses at most its last, unwritten batch: those calls run again.
 
 The table lives next to redun's own, through SQLAlchemy Core, so it works on sqlite and
 Postgres alike; redun's migrations neither know nor touch it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -21,6 +23,10 @@ import sqlalchemy as sa
 
 _metadata = sa.MetaData()
 _DELETE_BATCH = 500  # Bound parameters per statement stay well under sqlite's limit.
+# A batch is written this long after its first call was spawned, or once it has this many rows:
+# one transaction for many calls keeps redun's database lock free for the scheduler thread.
+FLUSH_SECONDS = 0.1
+FLUSH_ROWS = 100
 # redun's own cache table: a job whose eval_hash is there has its outcome recorded.
 _REDUN_EVALUATIONS = sa.table("evaluation", sa.column("eval_hash"))
 
@@ -37,12 +43,22 @@ INFLIGHT_CALLS = sa.Table(
 class InflightCalls:
     """One run's view of the in-flight call table: what earlier runs left, what it adds."""
 
-    def __init__(self, engine: sa.engine.Engine, lock: AbstractContextManager[Any] | None = None):
+    def __init__(
+        self,
+        engine: sa.engine.Engine,
+        lock: AbstractContextManager[Any] | None,
+        on_error: Callable[[str], None],
+    ):
         # `lock` serializes with redun's own use of the database (sqlite has one writer).
         self._engine = engine
         self._db_lock = lock if lock is not None else nullcontext()
+        self._on_error = on_error
         self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)
         self._touched: set[str] = set()
+        self._pending: dict[str, dict[str, Any]] = {}  # eval_hash -> its row, not yet written
+        self._stopping = False
+        self._flusher: threading.Thread | None = None
         query = sa.select(INFLIGHT_CALLS.c.eval_hash, INFLIGHT_CALLS.c.call_id)
         with self._db_lock, self._engine.begin() as connection:
             _metadata.create_all(connection, tables=[INFLIGHT_CALLS], checkfirst=True)
@@ -57,28 +73,78 @@ class InflightCalls:
             return call_id
 
     def record(self, eval_hash: str, call_id: str, task: str) -> None:
-        """Remember the call now running this job (replacing an older one)."""
+        """Remember the call now running this job (replacing an older one), soon; never blocks
+        on the database."""
         row = {"eval_hash": eval_hash, "call_id": call_id, "task": task, "spawned_at": time.time()}
-        with self._db_lock, self._engine.begin() as connection:
-            connection.execute(
-                INFLIGHT_CALLS.delete().where(INFLIGHT_CALLS.c.eval_hash == eval_hash)
-            )
-            connection.execute(INFLIGHT_CALLS.insert().values(**row))
         with self._lock:
+            if self._stopping:
+                return
             self._touched.add(eval_hash)
+            self._pending[eval_hash] = row
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_batches, name="redun-modal-reattach", daemon=True
+                )
+                self._flusher.start()
+            if len(self._pending) in (1, FLUSH_ROWS):
+                self._queued.notify()
 
     def release(self) -> None:
         """The run has ended and redun has every outcome: drop the rows it claimed or made,
         and those of any run whose results redun recorded before that run died."""
         with self._lock:
+            self._stopping = True
+            self._queued.notify()
+            flusher = self._flusher
+        if flusher is not None:
+            flusher.join()
+        with self._lock:
+            # Rows still queued would be deleted below anyway: no need to write them first.
+            self._pending.clear()
             hashes, self._touched = sorted(self._touched), set()
         recorded = sa.select(_REDUN_EVALUATIONS.c.eval_hash)
         with self._db_lock, self._engine.begin() as connection:
             connection.execute(
                 INFLIGHT_CALLS.delete().where(INFLIGHT_CALLS.c.eval_hash.in_(recorded))
             )
-            for start in range(0, len(hashes), _DELETE_BATCH):
-                batch = hashes[start : start + _DELETE_BATCH]
+            for batch in _batches(hashes):
                 connection.execute(
                     INFLIGHT_CALLS.delete().where(INFLIGHT_CALLS.c.eval_hash.in_(batch))
                 )
+
+    def _flush_batches(self) -> None:
+        """The flusher thread: write each batch once it is full or old enough, until release."""
+        while True:
+            with self._lock:
+                while not self._pending and not self._stopping:
+                    self._queued.wait()
+                deadline = time.monotonic() + FLUSH_SECONDS
+                while len(self._pending) < FLUSH_ROWS and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._queued.wait(remaining)
+                if self._stopping:
+                    return
+                rows, self._pending = list(self._pending.values()), {}
+            try:
+                self._write(rows)
+            except Exception as error:  # Reattaching is a saving, not a duty: warn, go on.
+                self._on_error(
+                    f"could not record {len(rows)} Modal call(s) for reattaching: {error}"
+                )
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        with self._db_lock, self._engine.begin() as connection:
+            for batch in _batches([row["eval_hash"] for row in rows]):
+                connection.execute(
+                    INFLIGHT_CALLS.delete().where(INFLIGHT_CALLS.c.eval_hash.in_(batch))
+                )
+            connection.execute(INFLIGHT_CALLS.insert(), rows)
+
+
+def _batches(hashes: list[str]) -> list[list[str]]:
+    """``hashes`` in slices small enough for one statement's bound parameters."""
+    return [
+        hashes[start : start + _DELETE_BATCH] for start in range(0, len(hashes), _DELETE_BATCH)
+    ]

@@ -12,6 +12,7 @@ call; the value, or ``(pickled exception or None, frames)`` for a result.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -56,9 +57,16 @@ def runtime_versions() -> dict[str, str]:
     }
 
 
-def _frame(magic: bytes, header: dict[str, Any], body: bytes) -> bytes:
+def _frame(magic: bytes, header: dict[str, Any], contents: Any) -> bytes:
+    """The frame of ``header`` and the pickle of ``contents``."""
     header_bytes = json.dumps(header).encode()
-    return b"".join((_FRAME.pack(magic, FORMAT_VERSION, len(header_bytes)), header_bytes, body))
+    # Pickled straight after the header: no separate body to copy in. getvalue() hands over
+    # the buffer itself.
+    buffer = io.BytesIO()
+    buffer.write(_FRAME.pack(magic, FORMAT_VERSION, len(header_bytes)))
+    buffer.write(header_bytes)
+    cloudpickle.dump(contents, buffer, protocol=_PICKLE_PROTOCOL)
+    return buffer.getvalue()
 
 
 def _unframe(data: bytes, magic: bytes, what: str) -> tuple[dict[str, Any], memoryview]:
@@ -154,11 +162,10 @@ def encode_call(
     )
     function = task.func if by_value else None
     try:
-        body = cloudpickle.dumps((function, args, kwargs), protocol=_PICKLE_PROTOCOL)
+        return _frame(_CALL_MAGIC, asdict(header), (function, args, kwargs))
     except Exception as error:
         message = _describe_unpicklable(task.fullname, args, kwargs, error)
         raise SerializationError(message) from None
-    return _frame(_CALL_MAGIC, asdict(header), body)
 
 
 def _describe_unpicklable(task_name: str, args: tuple, kwargs: dict, error: Exception) -> str:
@@ -250,14 +257,13 @@ class Failure:
 def encode_success(value: Any, task_name: str, logs: list[str]) -> bytes:
     """Serialize a task's return value; an unpicklable value becomes a failure envelope."""
     try:
-        body = cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+        return _frame(_RESULT_MAGIC, {"ok": True}, value)
     except Exception as error:
         failure = SerializationError(
             f"Task {task_name}: its result ({type(value).__name__}) cannot be pickled to send "
             f"back: {type(error).__name__}: {error}. Return plain data or a redun File."
         )
         return encode_failure(failure, logs)
-    return _frame(_RESULT_MAGIC, {"ok": True}, body)
 
 
 def encode_failure(error: BaseException, logs: list[str]) -> bytes:
@@ -279,8 +285,7 @@ def encode_failure(error: BaseException, logs: list[str]) -> bytes:
     except Exception:
         pickled_error = None
     # The exception is pickled on its own so that its frames still load where it cannot.
-    body = cloudpickle.dumps((pickled_error, frames), protocol=_PICKLE_PROTOCOL)
-    return _frame(_RESULT_MAGIC, header, body)
+    return _frame(_RESULT_MAGIC, header, (pickled_error, frames))
 
 
 def _qualified_type_name(error: BaseException) -> str:

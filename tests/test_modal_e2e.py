@@ -6,6 +6,8 @@ processes that, as on Modal, cannot import the project's files: code arrives by 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from test_e2e import final_line, ran
 
@@ -257,14 +259,21 @@ def kill_mid_run(project, fake_modal) -> None:
 
 
 def test_killed_scheduler_reattaches_instead_of_running_again(modal_project, fake_modal):
+    import sqlite3
+
     modal_project.write("wf.py", NAPS)
     kill_mid_run(modal_project, fake_modal)
     assert fake_modal.running == 3
+    with sqlite3.connect(modal_project.root / ".redun" / "redun.db") as db:
+        left = {row[0] for row in db.execute("select call_id from redun_modal_inflight_call")}
 
     output = modal_project.redun("run", "wf.py", "main").stdout
     assert final_line(output) == "3"
     # main's result was recorded before the kill: cached now. The naps were still running.
     assert output.count("reattaching to Modal call fc-") == 3
+    # Each nap, of the killed run and of this one, is tagged with the call left running.
+    naps = call_tags(modal_project, "nap")
+    assert len(naps) == 6 and len(set(naps)) == 3 and set(naps) <= left
     executions = fake_modal.executions[f"{APP}/run_job"]
     assert executions == 5  # main, 3 x nap and total: each ran exactly once.
     assert inflight_rows(modal_project) == 0  # A run that ends normally leaves no rows.
@@ -289,7 +298,7 @@ def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
     assert fake_modal.executions[f"{APP}/run_job"] == 5 + 3  # The naps ran again, once.
 
 
-def job_tags(project, task: str) -> dict:
+def job_tag_rows(project, task: str) -> list[tuple[str, Any]]:
     import json
     import sqlite3
 
@@ -298,7 +307,16 @@ def job_tags(project, task: str) -> dict:
         "join task on job.task_hash = task.hash where task.name = ?"
     )
     with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
-        return {key: json.loads(value) for key, value in db.execute(query, (task,))}
+        return [(key, json.loads(value)) for key, value in db.execute(query, (task,))]
+
+
+def job_tags(project, task: str) -> dict:
+    return dict(job_tag_rows(project, task))
+
+
+def call_tags(project, task: str) -> list[str]:
+    """The ``modal_call`` tags of every job of ``task``."""
+    return [value for key, value in job_tag_rows(project, task) if key == "modal_call"]
 
 
 def test_jobs_are_tagged_with_their_call_image_and_resources(modal_project, fake_modal):

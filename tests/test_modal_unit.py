@@ -195,5 +195,48 @@ def test_reattach_table_only_in_a_database_other_processes_can_open(tmp_path, db
     )
     scheduler.load()
     executor = scheduler.executors["modal"]
-    transport = create_transport(executor.config, lambda *_: None, lambda *_: None)
+    transport = create_transport(executor.config, *[lambda *_: None] * 3)
     assert (executor._open_inflight_calls(transport) is not None) == reattaches
+
+
+def test_polls_fill_the_default_client_then_one_more_connection_each(monkeypatch):
+    import asyncio
+
+    from redun_modal_executor.transport import modal as transport
+
+    opened: list[object] = []
+
+    async def open_client() -> object:
+        opened.append(object())
+        return opened[-1]
+
+    async def scenario() -> list:
+        pollers = transport._Pollers()
+        per = transport.POLLS_PER_CONNECTION
+        clients = await asyncio.gather(*(pollers.acquire() for _ in range(2 * per + 1)))
+        assert clients.count(None) == per  # The default client first: small runs open none.
+        assert clients.count(opened[0]) == per and clients.count(opened[1]) == 1
+        for _ in range(per):
+            pollers.release(opened[0])
+        assert await pollers.acquire() is opened[1]  # The one being filled goes first.
+        assert {await pollers.acquire() for _ in range(per)} == set(opened)
+        return opened  # Room was found each time: no third connection.
+
+    monkeypatch.setattr(transport, "_open_client", open_client)
+    assert len(asyncio.run(scenario())) == 2
+
+
+def test_without_a_token_every_poll_shares_the_default_client(monkeypatch):
+    import asyncio
+
+    from redun_modal_executor.transport import modal as transport
+
+    async def no_client() -> None:
+        return None
+
+    async def scenario() -> list:
+        pollers = transport._Pollers()
+        return [await pollers.acquire() for _ in range(3 * transport.POLLS_PER_CONNECTION)]
+
+    monkeypatch.setattr(transport, "_open_client", no_client)
+    assert set(asyncio.run(scenario())) == {None}

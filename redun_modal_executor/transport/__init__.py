@@ -17,8 +17,12 @@ from redun_modal_executor.config import CallOptions, ExecutorConfig
 # Called from the transport's own thread with the key given to ``spawn`` and either the result
 # envelope or the exception that kept the call from producing one.
 OnDone = Callable[[str, bytes | BaseException], None]
-# Called (in a worker thread: it may block) with a key and the id of the call now running it.
+# Called from the transport's own thread with a key and the id of the call now running it;
+# it must not block.
 OnSpawned = Callable[[str, str], None]
+# Called from the transport's own thread with a key: that call's payload, encoded again to send
+# it once more. Transports drop a payload once it is sent rather than keep big ones in memory.
+Reencode = Callable[[str], bytes]
 
 
 class Transport(ABC):
@@ -62,7 +66,9 @@ class Transport(ABC):
         """Cancel every call in flight, release workers; return how many calls were cancelled."""
 
 
-def create_transport(config: ExecutorConfig, on_done: OnDone, on_spawned: OnSpawned) -> Transport:
+def create_transport(
+    config: ExecutorConfig, on_done: OnDone, on_spawned: OnSpawned, reencode: Reencode
+) -> Transport:
     """The transport for the configured backend (imported only when first used)."""
     if config.backend == "local":
         from redun_modal_executor.transport.local import LocalTransport
@@ -74,4 +80,4 @@ def create_transport(config: ExecutorConfig, on_done: OnDone, on_spawned: OnSpaw
         )
     from redun_modal_executor.transport.modal import ModalTransport
 
-    return ModalTransport(on_done, on_spawned, config)
+    return ModalTransport(on_done, on_spawned, reencode, config)

@@ -1,15 +1,23 @@
 """The Modal backend: every call goes to the deployed generic function, with per-task options.
 
-All Modal traffic happens on one asyncio loop in one background thread, through the client's
-``.aio`` API: ``spawn`` queues a coroutine and returns at once, so the scheduler thread never
-waits on the network. Per call there is one ``FunctionMap`` (spawn) and one long-polled
-``FunctionGetOutputs`` (get); the function is looked up once per image and bound once per
-distinct option set (``with_options``), and the code package is uploaded once per run.
+All Modal traffic happens on the modal client's own asyncio loop (its synchronizer's thread),
+through the client's ``.aio`` API: ``spawn`` queues a coroutine and returns at once, so the
+scheduler thread never waits on the network. On that loop each ``.aio`` call runs in place;
+from any other loop it would hop threads, with two futures and a task per call.
+
+Per call there is one ``FunctionMap`` (spawn) and one long-polled ``FunctionGetOutputs``
+(get); the function is looked up once per image and bound once per distinct option set
+(``with_options``), and the code package is uploaded once per run.
+
+Each long-poll holds an HTTP/2 stream for as long as its call runs. Servers cap the streams of
+a connection (h2's default is 100), and h2's bookkeeping per new stream grows with the streams
+already open, so the gets are spread over several clients, each with its own connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -26,7 +34,7 @@ from redun_modal_executor.errors import (
     RemoteCallError,
 )
 from redun_modal_executor.modal_app import code_dict_name, function_name
-from redun_modal_executor.transport import OnDone, OnSpawned, Transport
+from redun_modal_executor.transport import OnDone, OnSpawned, Reencode, Transport
 
 MODAL_DEFAULT_TIMEOUT = 300
 INTERNAL_FAILURE_ATTEMPTS = 3
@@ -35,6 +43,9 @@ TRANSIENT_BACKOFF_SECONDS = 0.5
 LOG_TAIL_ENTRIES = 50
 LOG_TAIL_SECONDS = 5.0
 STOP_SECONDS = 30.0
+# Long-polls per connection: well under h2's default cap of 100 streams, which spawns share.
+POLLS_PER_CONNECTION = 50
+_FULL = object()  # No client has room for another poll.
 T = TypeVar("T")
 DEPLOY_HINT = "run `redun-modal deploy` (once, and after changing images or dependencies)"
 TOKEN_HINT = "run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
@@ -69,19 +80,22 @@ class ModalTransport(Transport):
     ships_code = True
     reattaches = True
 
-    def __init__(self, on_done: OnDone, on_spawned: OnSpawned, config: ExecutorConfig) -> None:
+    def __init__(
+        self, on_done: OnDone, on_spawned: OnSpawned, reencode: Reencode, config: ExecutorConfig
+    ) -> None:
         super().__init__(on_done)
         self._on_spawned = on_spawned
+        self._reencode = reencode
         self._config = config
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # Set while running.
         # Owned by the loop thread.
         self._bases: dict[str, asyncio.Future[Any]] = {}  # image -> its deployed function
         self._functions: dict[CallOptions, asyncio.Future[Any]] = {}  # bound variants
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._labels: dict[str, str] = {}
         self._spawns: dict[str, asyncio.Future[Any]] = {}  # key -> its FunctionCall, once spawned
+        self._pollers = _Pollers()
         self._code_upload: Future[None] | None = None
 
     # Called from any thread.
@@ -112,29 +126,17 @@ class ModalTransport(Transport):
 
     def stop(self) -> int:
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
+            loop, self._loop = self._loop, None
+        if loop is None:
             return 0
-        cancelled = asyncio.run_coroutine_threadsafe(self._cancel_all(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
-        # Futures of the closed loop: a restart looks up, binds and uploads afresh.
-        self._bases.clear()
-        self._functions.clear()
-        self._code_upload = None
-        return cancelled
+        return asyncio.run_coroutine_threadsafe(self._stop(), loop).result()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=loop.run_forever, name="redun-modal-calls", daemon=True
-                )
-                self._thread.start()
-                self._loop = loop
+                from modal._utils.async_utils import synchronizer
+
+                self._loop = synchronizer._get_loop(start=True)
             return self._loop
 
     # On the loop thread.
@@ -156,7 +158,7 @@ class ModalTransport(Transport):
         self,
         key: str,
         label: str,
-        payload: bytes,
+        payload: bytes | None,
         options: CallOptions,
         reattach_to: str | None,
     ) -> None:
@@ -171,15 +173,18 @@ class ModalTransport(Transport):
         try:
             function = await self._ready_function(options)
             for attempt in range(1, INTERNAL_FAILURE_ATTEMPTS + 1):
+                if payload is None:
+                    payload = self._reencode(key)
                 # Shielded: if the run stops mid-spawn, stop() still learns the call id and
                 # cancels the call instead of leaving it running unseen.
                 self._spawns[key] = asyncio.ensure_future(
-                    _through_transient_errors(lambda: function.spawn.aio(payload))
+                    _through_transient_errors(functools.partial(function.spawn.aio, payload))
                 )
                 call = await asyncio.shield(self._spawns[key])
-                await asyncio.to_thread(self._on_spawned, key, call.object_id)
+                payload = None  # Sent: kept, a big value would take memory until the call ends.
+                self._on_spawned(key, call.object_id)
                 try:
-                    outcome = await _through_transient_errors(call.get.aio)
+                    outcome = await self._get(call, call.object_id)
                     break
                 except modal.exception.InternalFailure:
                     # Modal lost the input (not the task's fault): run it again, a few times.
@@ -223,12 +228,27 @@ class ModalTransport(Transport):
         self._spawns[key] = asyncio.get_running_loop().create_future()
         self._spawns[key].set_result(call)  # stop() cancels it like a call of our own.
         try:
-            return await call.get.aio()
+            return await self._get(call, call_id)
         except asyncio.CancelledError:
             raise
         except Exception:
             del self._spawns[key]
             return None
+
+    async def _get(self, call: Any, call_id: str) -> Any:
+        """The call's result, long-polled over a connection with a stream to spare."""
+        import modal
+        from modal._utils.async_utils import synchronizer
+
+        client = await self._pollers.acquire()
+        try:
+            if client is not None:
+                call = modal.FunctionCall.from_id(call_id, client=client)
+            # The client's own coroutine, awaited on its own loop: `.aio` would only add
+            # synchronicity's wrapping (about 5 KB per call in flight, and its CPU).
+            return await _through_transient_errors(synchronizer._translate_in(call).get)
+        finally:
+            self._pollers.release(client)
 
     def _spawned_call(self, key: str) -> Any:
         spawn = self._spawns.get(key)
@@ -342,6 +362,18 @@ class ModalTransport(Transport):
             pass
         return lines
 
+    async def _stop(self) -> int:
+        """Cancel every call, close the extra clients, forget the run; return how many calls
+        were cancelled on Modal."""
+        cancelled = await self._cancel_all()
+        await self._pollers.close()
+        # A restart looks up, binds and uploads afresh (a deploy may have happened meanwhile).
+        self._bases.clear()
+        self._functions.clear()
+        self._pollers = _Pollers()
+        self._code_upload = None
+        return cancelled
+
     async def _cancel_all(self) -> int:
         """Cancel every call in flight on Modal, within ``STOP_SECONDS``; return how many."""
         deadline = asyncio.get_running_loop().time() + STOP_SECONDS
@@ -365,6 +397,76 @@ class ModalTransport(Transport):
         for key in unspawned:
             self._on_done(key, CallCancelledError(f"{labels[key]}: cancelled before it ran"))
         return len(calls)
+
+
+class _Pollers:
+    """Modal clients for the long-polled gets, each over its own connection (on the loop thread).
+
+    ``None`` stands for the default client, which also spawns; it takes the first
+    ``POLLS_PER_CONNECTION`` polls, so small runs open no connection of their own. Another
+    client is opened whenever every one is full.
+    """
+
+    def __init__(self) -> None:
+        self._polls: dict[Any, int] = {None: 0}  # client -> polls it holds now
+        self._current: Any = None  # The client filled first.
+        self._opening: asyncio.Future[Any] | None = None
+        self._can_open = True
+
+    async def acquire(self) -> Any:
+        """A client with room for one more poll (``None``: the default one)."""
+        while True:
+            client = self._with_room()
+            if client is not _FULL:
+                self._polls[client] += 1
+                return client
+            if self._opening is None:
+                self._opening = asyncio.ensure_future(_open_client())
+            opening = self._opening
+            try:
+                client = await asyncio.shield(opening)
+            finally:
+                if self._opening is opening and opening.done():
+                    self._opening = None
+            if client is None:  # No credentials to open one with: the default client it is.
+                self._can_open = False
+            elif client not in self._polls:
+                self._polls[client] = 0
+                self._current = client
+
+    def release(self, client: Any) -> None:
+        if client in self._polls:
+            self._polls[client] -= 1
+
+    async def close(self) -> None:
+        """Close the clients opened here (not the default one)."""
+        clients = [client for client in self._polls if client is not None]
+        self._polls = {None: 0}
+        self._current = None
+        for client in clients:
+            await client.close.aio()
+
+    def _with_room(self) -> Any:
+        """A client with fewer than ``POLLS_PER_CONNECTION`` polls, or ``_FULL``."""
+        if self._polls.get(self._current, POLLS_PER_CONNECTION) < POLLS_PER_CONNECTION:
+            return self._current
+        for client, polls in self._polls.items():
+            if polls < POLLS_PER_CONNECTION:
+                self._current = client
+                return client
+        return _FULL if self._can_open else None
+
+
+async def _open_client() -> Any:
+    """A new Modal client with the default one's token, or None if it was not made from one
+    (OAuth credentials, or inside a Modal container)."""
+    import modal
+    import modal.config
+
+    token_id, token_secret = modal.config.config["token_id"], modal.config.config["token_secret"]
+    if not (token_id and token_secret) or not modal.is_local():
+        return None
+    return await modal.Client.from_credentials.aio(token_id, token_secret)
 
 
 async def _through_transient_errors(request: Callable[[], Awaitable[T]]) -> T:
