@@ -25,7 +25,8 @@ class Pool:
         self.transport = LocalTransport(
             lambda key, outcome: self.outcomes.put((key, outcome)),
             max_workers=max_workers,
-            calls_dir=Path(tempfile.mkdtemp(prefix="detached-calls-")),  # unused here
+            # Made only by spawn_detached, which these tests do not use.
+            calls_dir=Path(tempfile.gettempdir()) / "redun-modal-unused-calls",
         )
 
     def spawn(self, key, task, *args, timeout=None, kind=CallKind.TASK):
