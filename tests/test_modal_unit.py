@@ -240,3 +240,18 @@ def test_without_a_token_every_poll_shares_the_default_client(monkeypatch):
 
     monkeypatch.setattr(transport, "_open_client", no_client)
     assert set(asyncio.run(scenario())) == {None}
+
+
+def test_without_modals_private_parts_the_public_api_does(monkeypatch):
+    """Should a modal release drop what the transport borrows, it still runs (slower)."""
+    import modal._utils.async_utils
+
+    from redun_modal_executor.transport import modal as transport
+
+    call = modal.FunctionCall.from_id("fc-any")
+    monkeypatch.setattr(modal._utils.async_utils, "synchronizer", object())
+    monkeypatch.setattr(transport, "_fallback_loop", None)
+    loop = transport._client_loop()
+    assert loop.is_running() and transport._client_loop() is loop
+    assert transport._own_get(call).__qualname__ == call.get.aio.__qualname__
+    loop.call_soon_threadsafe(loop.stop)

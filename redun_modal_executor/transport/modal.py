@@ -134,9 +134,7 @@ class ModalTransport(Transport):
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                from modal._utils.async_utils import synchronizer
-
-                self._loop = synchronizer._get_loop(start=True)
+                self._loop = _client_loop()
             return self._loop
 
     # On the loop thread.
@@ -238,15 +236,12 @@ class ModalTransport(Transport):
     async def _get(self, call: Any, call_id: str) -> Any:
         """The call's result, long-polled over a connection with a stream to spare."""
         import modal
-        from modal._utils.async_utils import synchronizer
 
         client = await self._pollers.acquire()
         try:
             if client is not None:
                 call = modal.FunctionCall.from_id(call_id, client=client)
-            # The client's own coroutine, awaited on its own loop: `.aio` would only add
-            # synchronicity's wrapping (about 5 KB per call in flight, and its CPU).
-            return await _through_transient_errors(synchronizer._translate_in(call).get)
+            return await _through_transient_errors(_own_get(call))
         finally:
             self._pollers.release(client)
 
@@ -455,6 +450,38 @@ class _Pollers:
                 self._current = client
                 return client
         return _FULL if self._can_open else None
+
+
+# Two private parts of the modal client save a thread hop and a wrapper per call. Should a
+# modal release drop them, the public API does the same work, a little slower.
+_fallback_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _client_loop() -> asyncio.AbstractEventLoop:
+    """The modal client's own event loop: there, its ``.aio`` calls run without a thread hop."""
+    global _fallback_loop
+    try:
+        from modal._utils.async_utils import synchronizer
+
+        return synchronizer._get_loop(start=True)
+    except (ImportError, AttributeError, TypeError):
+        if _fallback_loop is None:
+            _fallback_loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=_fallback_loop.run_forever, name="redun-modal-calls", daemon=True
+            ).start()
+        return _fallback_loop
+
+
+def _own_get(call: Any) -> Callable[[], Awaitable[Any]]:
+    """The call's own ``get`` coroutine function, for its own loop: ``.aio`` would add
+    synchronicity's wrapping (about 5 KB per call in flight, and its CPU)."""
+    try:
+        from modal._utils.async_utils import synchronizer
+
+        return synchronizer._translate_in(call).get
+    except (ImportError, AttributeError, TypeError):
+        return call.get.aio
 
 
 async def _open_client() -> Any:
