@@ -45,18 +45,6 @@ FUNCTION = "run_job"
 TARGET = "redun_modal_executor.modal_app:run_job"
 _HEADER = struct.Struct(">Q")
 
-# Settings a developer's shell may hold that would point the client elsewhere (as in
-# tests/fake_modal/fixture.py).
-_CLEARED_ENV = (
-    "MODAL_PROFILE",
-    "MODAL_ENVIRONMENT",
-    "MODAL_IS_REMOTE",
-    "MODAL_OAUTH_REFRESH_TOKEN",
-    "MODAL_OAUTH_CLIENT_ID",
-    "MODAL_OAUTH_CLIENT_SECRET",
-    "MODAL_OAUTH_JWT_KEY",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # Server side (in the fake's process)
@@ -321,16 +309,16 @@ class FakeServer:
     def point_client(self) -> None:
         """Point this process's modal client at this server, as tests/fake_modal/fixture does."""
         import modal.config
-        from fake_modal import reset_modal_client
+        from fake_modal.fake import CLEARED_ENV, reset_modal_client
 
-        for name in _CLEARED_ENV:
+        for name in CLEARED_ENV:
             os.environ.pop(name, None)
         os.environ.update(self.env)
         modal.config._user_config = {}
         reset_modal_client()
 
     def stop(self) -> None:
-        from fake_modal import reset_modal_client
+        from fake_modal.fake import reset_modal_client
 
         reset_modal_client()
         if self._process.stdin is not None:

@@ -20,6 +20,17 @@ from .control import ControlPlane
 from .servicer import FakeModalServicer
 
 T = TypeVar("T")
+# Settings a developer's shell may hold that would point the client elsewhere: a process
+# pointed at the fake clears them.
+CLEARED_ENV = (
+    "MODAL_PROFILE",
+    "MODAL_ENVIRONMENT",
+    "MODAL_IS_REMOTE",
+    "MODAL_OAUTH_REFRESH_TOKEN",
+    "MODAL_OAUTH_CLIENT_ID",
+    "MODAL_OAUTH_CLIENT_SECRET",
+    "MODAL_OAUTH_JWT_KEY",
+)
 _STOP_TIMEOUT = 15.0
 
 

@@ -7,18 +7,7 @@ from collections.abc import Iterator
 import modal.config
 import pytest
 
-from .fake import FakeModal, reset_modal_client
-
-# Settings a developer's shell may hold that would point the client elsewhere.
-_CLEARED_ENV = (
-    "MODAL_PROFILE",
-    "MODAL_ENVIRONMENT",
-    "MODAL_IS_REMOTE",
-    "MODAL_OAUTH_REFRESH_TOKEN",
-    "MODAL_OAUTH_CLIENT_ID",
-    "MODAL_OAUTH_CLIENT_SECRET",
-    "MODAL_OAUTH_JWT_KEY",
-)
+from .fake import CLEARED_ENV, FakeModal, reset_modal_client
 
 
 @pytest.fixture
@@ -32,7 +21,7 @@ def fake_modal(
     """
     fake = FakeModal(config_dir=tmp_path_factory.mktemp("fake_modal")).start()
     try:
-        for name in _CLEARED_ENV:
+        for name in CLEARED_ENV:
             monkeypatch.delenv(name, raising=False)
         for name, value in fake.env.items():
             monkeypatch.setenv(name, value)
