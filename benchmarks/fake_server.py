@@ -42,7 +42,7 @@ if str(TESTS) not in sys.path:
 
 APP = "redun-modal-executor"
 FUNCTION = "run_job"
-TARGET = "redun_modal_executor.modal_app:run_job"
+TARGET = "redun_modal_executor.backends.modal.app:run_job"
 _HEADER = struct.Struct(">Q")
 
 

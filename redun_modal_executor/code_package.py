@@ -12,17 +12,13 @@ from __future__ import annotations
 import fnmatch
 import glob
 import hashlib
-import importlib
 import io
 import os
-import shutil
 import sys
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from redun_modal_executor.errors import CodePackageError
 
@@ -43,10 +39,6 @@ class CodePackage:
     data: bytes
     import_paths: tuple[str, ...]
     files: int
-
-    def reference(self, store: dict[str, Any]) -> dict[str, Any]:
-        """What a call payload carries so a worker can find and activate this package."""
-        return {"digest": self.digest, "import_paths": list(self.import_paths), "store": store}
 
 
 def build_code_package(
@@ -104,77 +96,3 @@ def _relative_import_paths(root: Path, search_path: Iterable[str]) -> tuple[str,
             if relative not in found:
                 found.append(relative)
     return tuple(found) or ("",)
-
-
-# ---------------------------------------------------------------------------------------------
-# Worker side
-
-_UNPACK_ROOT = Path(tempfile.gettempdir()) / "redun-modal-code"
-_active: dict[str, Any] = {"digest": None, "paths": []}
-
-
-def activate(reference: dict[str, Any], fetch: Callable[[str], bytes]) -> None:
-    """Make the referenced package the one task modules are imported from (once per digest)."""
-    digest = reference["digest"]
-    if _active["digest"] == digest:
-        return
-    unpacked = _UNPACK_ROOT / digest
-    if not unpacked.exists():
-        _unpack(digest, fetch(digest), unpacked)
-    deactivate()
-    paths = [str(unpacked / relative) for relative in reference["import_paths"]]
-    sys.path[:0] = paths
-    importlib.invalidate_caches()
-    _active.update(digest=digest, paths=paths)
-
-
-def active_root() -> Path | None:
-    """Where the active package is unpacked, if one is active."""
-    digest = _active["digest"]
-    return None if digest is None else _UNPACK_ROOT / digest
-
-
-def _unpack(digest: str, data: bytes, target: Path) -> None:
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise CodePackageError(f"code package {digest[:12]} arrived corrupted (digest mismatch)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent))
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        archive.extractall(staging)
-    try:
-        staging.rename(target)
-    except OSError:  # Another worker in this container unpacked it first.
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def deactivate() -> None:
-    """Forget the active package and the modules imported from it (the image's view again)."""
-    old_paths = _active["paths"]
-    if not old_paths:
-        return
-    sys.path[:] = [entry for entry in sys.path if entry not in old_paths]
-    old_root = str(_UNPACK_ROOT / _active["digest"])
-    for name, module in list(sys.modules.items()):
-        if (getattr(module, "__file__", None) or "").startswith(old_root):
-            del sys.modules[name]
-    _active.update(digest=None, paths=[])
-
-
-def fetcher(store: dict[str, Any]) -> Callable[[str], bytes]:
-    """How a worker downloads a package, from the store named in the payload."""
-    if store.get("kind") == "modal_dict":
-        return lambda digest: _fetch_from_modal_dict(store, digest)
-    raise CodePackageError(f"unknown code store {store!r}")
-
-
-def _fetch_from_modal_dict(store: dict[str, Any], digest: str) -> bytes:
-    import modal
-
-    packages = modal.Dict.from_name(store["name"], environment_name=store.get("environment"))
-    data = packages.get(digest)
-    if data is None:
-        raise CodePackageError(
-            f"code package {digest[:12]} is missing from Modal Dict {store['name']!r}; rerun "
-            "the workflow so the client uploads it again"
-        )
-    return data

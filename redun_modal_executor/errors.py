@@ -8,6 +8,7 @@ reports may also carry ``logs``: the tail of the call's log, which redun shows u
 from redun_modal_executor.config import ConfigError, TaskOptionError
 
 __all__ = [
+    "JOB_ERRORS",
     "AppNotDeployedError",
     "CallCancelledError",
     "CallTimeoutError",
@@ -24,6 +25,7 @@ __all__ = [
     "TaskOptionError",
     "VersionSkewError",
     "WorkerDiedError",
+    "is_retriable",
 ]
 
 
@@ -90,3 +92,33 @@ class RemoteTaskError(Exception):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+# Errors that fail one job before it is sent (options, arguments, code, launch database).
+JOB_ERRORS = (
+    TaskOptionError,
+    SerializationError,
+    CodePackageError,
+    LaunchError,
+    DatabaseBusyError,
+)
+
+
+def is_retriable(error: BaseException) -> bool:
+    """A task's own exception, or a local worker that died: worth another run if asked for.
+
+    Not: timeouts (reported, never silently rerun), cancellations, problems of configuration or
+    code that would fail the same way again, and Modal call failures (Modal's own ``retries``
+    has already rerun those).
+    """
+    deterministic = (
+        CallTimeoutError,
+        CallCancelledError,
+        RemoteCallError,
+        AppNotDeployedError,
+        ModalAuthError,
+        PayloadError,
+        CodeSkewError,
+        *JOB_ERRORS,
+    )
+    return not isinstance(error, deterministic)

@@ -5,68 +5,61 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
+from redun_modal_executor.backends import Backend, create_backend
+from redun_modal_executor.calls import Call, Reports
 from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
     CallOptions,
     ExecutorConfig,
-    TaskOptionError,
     resolve_call_options,
 )
-from redun_modal_executor.db_lock import busy_message, open_lock
 from redun_modal_executor.errors import (
+    JOB_ERRORS,
     AppNotDeployedError,
-    CallCancelledError,
-    CallTimeoutError,
     CodePackageError,
-    CodeSkewError,
     DatabaseBusyError,
-    LaunchError,
     ModalAuthError,
     PayloadError,
     RemoteCallError,
-    SerializationError,
+    is_retriable,
 )
 from redun_modal_executor.inflight import InflightCalls
-from redun_modal_executor.launch import (
+from redun_modal_executor.launch.spec import LaunchSpec
+from redun_modal_executor.launch.submit import (
     build_launch,
-    create_volume,
+    check_database_free,
     follow_hint,
     is_launch,
     launch_options,
 )
-from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
-from redun_modal_executor.transport import Transport, create_transport
+from redun_modal_executor.payload import (
+    CallKind,
+    CodeReference,
+    Success,
+    decode_result,
+    encode_call,
+)
 
 if TYPE_CHECKING:
     from redun.scheduler import Job, Scheduler
 
 
-# Errors that fail one job before it is sent (options, arguments, code, launch database).
-_JOB_ERRORS = (
-    TaskOptionError,
-    SerializationError,
-    CodePackageError,
-    LaunchError,
-    DatabaseBusyError,
-)
-
-
 @dataclass
-class _InFlight:
-    """A submitted job, and what it takes to run it again if it may be retried."""
+class _Job:
+    """A submitted job: how to encode its call, and what it takes to run it again."""
 
     job: Job
-    kind: CallKind
     label: str
     options: CallOptions
+    encode: Callable[[], bytes]
     retries_left: int
-    launch: dict[str, Any] | None  # A launch's database (see launch), for each encoding.
     # Not written yet: they go with the call id once spawned (one transaction per job), or with
     # the outcome if the job ends first.
     tags: list[tuple[str, Any]]
@@ -116,11 +109,12 @@ class ModalExecutor(Executor):
         super().__init__(name, scheduler=scheduler)
         self.config = ExecutorConfig.from_section(name, config)
         self._lock = threading.Lock()
-        self._transport: Transport | None = None
-        self._code: dict[str, Any] | None = None  # The shipped code package's reference.
+        self._backend: Backend | None = None
+        self._code: CodeReference | None = None  # The shipped code package's reference.
         self._code_error: str | None = None
         self._inflight: InflightCalls | None = None
-        self._jobs: dict[str, _InFlight] = {}
+        self._jobs: dict[Call, _Job] = {}  # Calls in flight, and their jobs.
+        self._reports = Reports()
         self._progress = _Progress(self.config.progress_interval)
 
     def supports_async(self) -> bool:
@@ -144,12 +138,13 @@ class ModalExecutor(Executor):
     def stop(self) -> None:
         """Cancel the calls still in flight; the next submission starts afresh."""
         with self._lock:
-            transport, self._transport, self._code = self._transport, None, None
+            backend, self._backend, self._code = self._backend, None, None
             inflight, self._inflight = self._inflight, None
-        if transport is not None:
-            cancelled = transport.stop()
+        if backend is not None:
+            cancelled = backend.stop()
             if cancelled:
                 self.log(f"cancelled {cancelled} call(s) still in flight")
+        self._reports.drain()  # redun has every outcome once this returns.
         if inflight is not None:
             inflight.release()
         with self._lock:
@@ -158,109 +153,136 @@ class ModalExecutor(Executor):
         if summary:
             self.log(f"{self.config.backend} calls: {summary}")
 
-    def _prepare(
-        self, job: Job, kind: CallKind
-    ) -> tuple[Transport, bytes, CallOptions, dict[str, Any] | None]:
-        """The job's call: where it goes, its payload, its options and, for a launch, its
-        database. Raises one of ``_JOB_ERRORS`` when the job cannot be sent as it is."""
+    def _prepare(self, job: Job, kind: CallKind) -> tuple[Backend, _Job, LaunchSpec | None]:
+        """The job's call: where it goes, how it is encoded and, for a launch, what it
+        carries. Raises one of ``JOB_ERRORS`` when the job cannot be sent as it is."""
         job_options = job.get_options()
         options = resolve_call_options(job.task.fullname, job_options, self.config)
+        backend, code = self._ready_backend()
         launch = None
         if kind == CallKind.LAUNCH:
-            launch = build_launch(self.config)
-            options = launch_options(options, self.config, launch, job_options)
-            self._prepare_database(launch)
-        transport, code = self._ready_transport()
-        return transport, _encode(job, kind, code, launch), options, launch
+            launch = build_launch(self.config, backend)
+            options = launch_options(options, self.config, backend, launch, job_options)
+
+        def encode() -> bytes:
+            assert job.args is not None
+            args, kwargs = job.args
+            return encode_call(
+                job.task, args, kwargs, kind, job.id, job.eval_hash or "", code, launch
+            )
+
+        label = f"Task {job.task.fullname}"
+        return backend, _Job(job, label, options, encode, options.retries or 0, []), launch
 
     def _launch_detached(self, job: Job) -> None:
         """`redun launch` without --wait: start the scheduler's call, say how to follow it,
         and leave it running (redun stops this executor right after)."""
         try:
-            transport, payload, options, launch = self._prepare(job, CallKind.LAUNCH)
-            call_id = transport.spawn_detached(f"Task {job.task.fullname}", payload, options)
-        except (*_JOB_ERRORS, AppNotDeployedError, ModalAuthError, RemoteCallError) as error:
+            backend, entry, launch = self._prepare(job, CallKind.LAUNCH)
+            assert launch is not None
+            self._check_database(backend, launch)
+            call = Call(entry.label, entry.options, entry.encode, entry.encode())
+            call_id = backend.spawn_detached(call)
+        except (*JOB_ERRORS, AppNotDeployedError, ModalAuthError, RemoteCallError) as error:
             raise _launch_failed(error) from None
-        assert launch is not None
         self.log(follow_hint(call_id, launch))
 
     def _submit(self, job: Job, kind: CallKind) -> None:
         assert self._scheduler
         try:
-            transport, payload, options, launch = self._prepare(job, kind)
-        except _JOB_ERRORS as error:
+            backend, entry, launch = self._prepare(job, kind)
+            payload: bytes | None = None
+            if launch is None:
+                payload = entry.encode()
+            else:  # Encoded by the backend, off this thread: the check may ask Modal.
+                entry.encode = self._checked(backend, launch, entry.encode)
+        except JOB_ERRORS as error:
             self._reject(job, error)
             return
-        label = f"Task {job.task.fullname}"
-        tags = self._where_tags(options)
+        tags = self._where_tags(backend, entry.options)
         reattach_to = self._inflight.claim(job.eval_hash) if self._inflight else None
         if reattach_to is not None:
-            self.log(f"{label}: reattaching to Modal call {reattach_to}, left by an earlier run")
+            self.log(
+                f"{entry.label}: reattaching to Modal call {reattach_to}, left by an earlier run"
+            )
             tags.append(("modal_call", reattach_to))
-        if reattach_to is not None or not transport.reattaches:
-            # No call id to wait for (the call is known, or the transport has none): write now.
+        if reattach_to is not None or not backend.reattaches:
+            # No call id to wait for (the call is known, or the backend has none): write now.
             # Not with the outcome: redun 0.44 queries a job's tags twice when it ends.
             self._scheduler.add_job_tags(job, tags)
             tags = []
-        retries = options.retries or 0
-        entry = _InFlight(job, kind, label, options, retries, launch, tags)
-        with self._lock:
-            self._jobs[job.id] = entry
-        transport.spawn(job.id, label, payload, options, reattach_to)
+        entry.tags = tags
+        self._send(backend, entry, payload, reattach_to)
 
-    def _ready_transport(self) -> tuple[Transport, dict[str, Any] | None]:
-        """The transport, started on first use, with the code package shipped if it needs one."""
+    def _send(
+        self, backend: Backend, entry: _Job, payload: bytes | None, reattach_to: str | None = None
+    ) -> None:
+        """Hand the job's call to the backend; its reports come back through ``_reports``."""
+        call = Call(
+            entry.label,
+            entry.options,
+            entry.encode,
+            payload,
+            reattach_to,
+            on_spawned=lambda call: self._reports.put(lambda: self._spawned(entry, call)),
+            on_done=lambda call: self._reports.put(lambda: self._finished(entry, call)),
+        )
         with self._lock:
-            if self._transport is None:
-                self._transport = create_transport(
-                    self.config, self._on_done, self._on_spawned, self._reencode
-                )
-                self._inflight = self._open_inflight_calls(self._transport)
+            self._jobs[call] = entry
+        backend.spawn(call)
+
+    def _ready_backend(self) -> tuple[Backend, CodeReference | None]:
+        """The backend, started on first use, with the code package shipped if it needs one."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = create_backend(self.config)
+                self._inflight = self._open_inflight_calls(self._backend)
                 self._code, self._code_error = None, None
-                if self._transport.ships_code and self.config.ship_code:
+                if self._backend.ships_code and self.config.ship_code:
                     try:
-                        self._code = self._ship_code(self._transport)
+                        self._code = self._ship_code(self._backend)
                     except CodePackageError as error:
                         self._code_error = str(error)  # Fails every job, without a rescan each.
             if self._code_error is not None:
                 raise CodePackageError(self._code_error)
-            return self._transport, self._code
+            return self._backend, self._code
 
-    def _prepare_database(self, launch: dict[str, Any]) -> None:
-        """Create the launch's Volume if missing, and refuse a launch whose sqlite database
-        another launched scheduler is writing (the launched call checks again, under the
-        lock; this says so before anything starts)."""
-        database = launch["database"]
-        if database["kind"] != "volume":
-            return
-        lock = open_lock(database)
+    def _checked(
+        self, backend: Backend, launch: LaunchSpec, encode: Callable[[], bytes]
+    ) -> Callable[[], bytes]:
+        """``encode``, after checking the launch's database is free."""
+
+        def check_then_encode() -> bytes:
+            self._check_database(backend, launch)
+            return encode()
+
+        return check_then_encode
+
+    def _check_database(self, backend: Backend, launch: LaunchSpec) -> None:
+        """Refuse a launch whose database another launched scheduler is writing."""
         try:
-            create_volume(database)
-            holder = lock.holder()
+            check_database_free(backend, launch.database)
+        except DatabaseBusyError:
+            raise
         except Exception as error:  # Modal unreachable: the spawn, or the call, will tell.
-            self.log(f"could not check who uses {lock.where}: {type(error).__name__}: {error}")
-            return
-        if holder is not None:
-            raise DatabaseBusyError(busy_message(lock.where, holder))
+            self.log(f"could not check who uses the scheduler database: {error}")
 
-    def _open_inflight_calls(self, transport: Transport) -> InflightCalls | None:
+    def _open_inflight_calls(self, backend: Backend) -> InflightCalls | None:
         """The in-flight call table, where reattaching is on and possible."""
-        backend = self._scheduler.backend if self._scheduler else None
-        engine = getattr(backend, "engine", None)
-        if not (self.config.reattach and transport.reattaches and engine is not None):
+        redun_backend = self._scheduler.backend if self._scheduler else None
+        engine = getattr(redun_backend, "engine", None)
+        if not (self.config.reattach and backend.reattaches and engine is not None):
             return None
         if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
             # Each thread would see its own empty in-memory database, and no later process
             # could reattach from it anyway.
             return None
-        # redun guards its database with this lock; sharing it keeps sqlite to one writer.
-        return InflightCalls(engine, getattr(backend, "_db_lock", None), self.log)
+        # redun's session guard keeps its database to one writer at a time (sqlite has one).
+        return InflightCalls(engine, redun_backend.with_session, self.log)
 
-    def _where_tags(self, options: CallOptions) -> list[tuple[str, Any]]:
+    def _where_tags(self, backend: Backend, options: CallOptions) -> list[tuple[str, Any]]:
         """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
-        tags: list[tuple[str, Any]] = [("modal_backend", self.config.backend)]
-        if self.config.backend == "modal":
-            tags.append(("modal_app", self.config.app_name))
+        tags = backend.job_tags()
         for name, value in options.set_options().items():
             if name == "volumes":
                 value = dict(value)
@@ -269,35 +291,82 @@ class ModalExecutor(Executor):
             tags.append((f"modal_{name}", value))
         return tags
 
-    def _on_spawned(self, key: str, call_id: str) -> None:
-        """Tag the job with its call (and its other tags not written yet) and queue the call's
-        record for reattaching."""
-        with self._lock:
-            entry, inflight = self._jobs.get(key), self._inflight
-            if entry is None or self._scheduler is None:
-                return
-            tags, entry.tags = [*entry.tags, ("modal_call", call_id)], []
-        self._scheduler.add_job_tags(entry.job, tags)
-        if inflight is None or not entry.job.eval_hash:
-            return
-        inflight.record(entry.job.eval_hash, call_id, entry.job.task.fullname)
-
-    def _reencode(self, key: str) -> bytes:
-        """A job's payload once more, to send it again (payloads are not kept: they can be big)."""
-        with self._lock:
-            entry, code = self._jobs[key], self._code
-        return _encode(entry.job, entry.kind, code, entry.launch)
-
-    def _ship_code(self, transport: Transport) -> dict[str, Any]:
+    def _ship_code(self, backend: Backend) -> CodeReference:
         package = build_code_package(
             os.getcwd(), self.config.code_includes, self.config.code_excludes
         )
-        reference = package.reference(transport.upload_code(package))
+        backend.upload_code(package)
         self.log(
             f"code package {package.digest[:12]}: {package.files} file(s), "
             f"{len(package.data) / 1024:.0f} KiB"
         )
-        return reference
+        return CodeReference(package.digest, package.import_paths, backend.ref)
+
+    # On the reports thread.
+
+    def _spawned(self, entry: _Job, call: Call) -> None:
+        """Tag the job with its call (and its other tags not written yet) and queue the call's
+        record for reattaching."""
+        assert call.call_id is not None
+        with self._lock:
+            if call not in self._jobs or self._scheduler is None:
+                return
+            tags, entry.tags = [*entry.tags, ("modal_call", call.call_id)], []
+            inflight = self._inflight
+        self._scheduler.add_job_tags(entry.job, tags)
+        if inflight is not None and entry.job.eval_hash:
+            inflight.record(entry.job.eval_hash, call.call_id, entry.job.task.fullname)
+
+    def _finished(self, entry: _Job, call: Call) -> None:
+        """A call has finished, failed or was cancelled: tell redun, or run it again."""
+        with self._lock:
+            known = self._jobs.pop(call, None) is not None
+            backend = self._backend
+        if not known or self._scheduler is None or backend is None:
+            return
+        outcome = call.outcome
+        assert outcome is not None
+        if isinstance(outcome, BaseException):
+            error, traceback = outcome, Traceback(outcome, [], logs=getattr(outcome, "logs", None))
+        else:
+            try:
+                result = decode_result(outcome)
+            except Exception as unreadable:
+                error = PayloadError(
+                    f"{entry.label}: its result envelope could not be loaded here: "
+                    f"{type(unreadable).__name__}: {unreadable}"
+                )
+                self._fail(entry, error, Traceback(error, []))
+                return
+            if isinstance(result, Success):
+                self._report_progress(failed=False)
+                self._scheduler.done_job(entry.job, result.value, job_tags=entry.tags)
+                return
+            error = result.error
+            traceback = Traceback(result.error, result.frames, logs=result.logs)
+        if entry.retries_left and is_retriable(error):
+            self._retry(backend, entry, error)
+            return
+        self._fail(entry, error, traceback)
+
+    def _retry(self, backend: Backend, entry: _Job, error: BaseException) -> None:
+        entry.retries_left -= 1
+        left = entry.retries_left
+        self.log(
+            f"{entry.label} failed ({type(error).__name__}: {error}); running it again "
+            f"({left} more retr{'y' if left == 1 else 'ies'} left)"
+        )
+        try:
+            payload = entry.encode()
+        except JOB_ERRORS as encode_error:
+            self._fail(entry, encode_error, Traceback(encode_error, []))
+            return
+        self._send(backend, entry, payload)
+
+    def _fail(self, entry: _Job, error: BaseException, traceback: Traceback) -> None:
+        assert self._scheduler
+        self._report_progress(failed=True)
+        self._scheduler.reject_job(entry.job, error, traceback, job_tags=entry.tags)
 
     def _report_progress(self, failed: bool) -> None:
         with self._lock:
@@ -305,68 +374,10 @@ class ModalExecutor(Executor):
         if line:
             self.log(line)
 
-    def _reject(
-        self, job: Job, error: BaseException, tags: list[tuple[str, Any]] | None = None
-    ) -> None:
+    def _reject(self, job: Job, error: BaseException) -> None:
         assert self._scheduler
         traceback = Traceback(error, [], logs=getattr(error, "logs", None))
-        self._scheduler.reject_job(job, error, traceback, job_tags=tags or [])
-
-    def _on_done(self, key: str, outcome: bytes | BaseException) -> None:
-        """Called from the transport's thread when a call has finished, failed or was cancelled."""
-        with self._lock:
-            entry = self._jobs.pop(key, None)
-            transport = self._transport
-        if entry is None or self._scheduler is None or transport is None:
-            return
-        job = entry.job
-        if isinstance(outcome, BaseException):
-            error, traceback = outcome, Traceback(outcome, [], logs=getattr(outcome, "logs", None))
-        else:
-            try:
-                result = decode_result(outcome)
-            except Exception as unreadable:
-                self._report_progress(failed=True)
-                self._reject(
-                    job,
-                    PayloadError(
-                        f"{entry.label}: its result envelope could not be loaded here: "
-                        f"{type(unreadable).__name__}: {unreadable}"
-                    ),
-                    entry.tags,
-                )
-                return
-            if isinstance(result, Success):
-                self._report_progress(failed=False)
-                self._scheduler.done_job(job, result.value, job_tags=entry.tags)
-                return
-            error = result.error
-            traceback = Traceback(result.error, result.frames, logs=result.logs)
-        if entry.retries_left and _retriable(error):
-            entry.retries_left -= 1
-            self.log(
-                f"{entry.label} failed ({type(error).__name__}: {error}); running it again "
-                f"({entry.retries_left} more retr{'y' if entry.retries_left == 1 else 'ies'} left)"
-            )
-            with self._lock:
-                self._jobs[key] = entry
-                code = self._code
-            payload = _encode(job, entry.kind, code, entry.launch)
-            transport.spawn(key, entry.label, payload, entry.options)
-            return
-        self._report_progress(failed=True)
-        self._scheduler.reject_job(job, error, traceback, job_tags=entry.tags)
-
-
-def _encode(
-    job: Job, kind: CallKind, code: dict[str, Any] | None, launch: dict[str, Any] | None
-) -> bytes:
-    """The call payload of ``job``; raises ``SerializationError`` naming a bad argument."""
-    assert job.args is not None
-    args, kwargs = job.args
-    return encode_call(
-        job.task, args, kwargs, kind, job.id, job.eval_hash or "", code=code, launch=launch
-    )
+        self._scheduler.reject_job(job, error, traceback)
 
 
 def _launch_failed(error: Exception) -> Exception:
@@ -374,24 +385,3 @@ def _launch_failed(error: Exception) -> Exception:
     from redun.cli import RedunClientError
 
     return RedunClientError(f"redun launch: {error}")
-
-
-def _retriable(error: BaseException) -> bool:
-    """A task's own exception, or a local worker that died: worth another run if asked for.
-
-    Not: timeouts (reported, never silently rerun), cancellations, problems of configuration or
-    code that would fail the same way again, and Modal call failures (Modal's own ``retries``
-    has already rerun those).
-    """
-    deterministic = (
-        CallTimeoutError,
-        CallCancelledError,
-        RemoteCallError,
-        AppNotDeployedError,
-        ModalAuthError,
-        PayloadError,
-        CodeSkewError,
-        CodePackageError,
-        SerializationError,
-    )
-    return not isinstance(error, deterministic)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
+from redun.backends.db import Evaluation
 
 _metadata = sa.MetaData()
 _DELETE_BATCH = 500  # Bound parameters per statement stay well under sqlite's limit.
@@ -28,7 +29,7 @@ _DELETE_BATCH = 500  # Bound parameters per statement stay well under sqlite's l
 FLUSH_SECONDS = 0.1
 FLUSH_ROWS = 100
 # redun's own cache table: a job whose eval_hash is there has its outcome recorded.
-_REDUN_EVALUATIONS = sa.table("evaluation", sa.column("eval_hash"))
+_REDUN_EVALUATIONS = Evaluation.__table__
 
 INFLIGHT_CALLS = sa.Table(
     "redun_modal_inflight_call",
@@ -46,12 +47,12 @@ class InflightCalls:
     def __init__(
         self,
         engine: sa.engine.Engine,
-        lock: AbstractContextManager[Any] | None,
+        guard: Callable[[], AbstractContextManager[Any]],
         on_error: Callable[[str], None],
     ):
-        # `lock` serializes with redun's own use of the database (sqlite has one writer).
+        # `guard` serializes with redun's own use of the database (sqlite has one writer).
         self._engine = engine
-        self._db_lock = lock if lock is not None else nullcontext()
+        self._guard = guard
         self._on_error = on_error
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)
@@ -60,7 +61,7 @@ class InflightCalls:
         self._stopping = False
         self._flusher: threading.Thread | None = None
         query = sa.select(INFLIGHT_CALLS.c.eval_hash, INFLIGHT_CALLS.c.call_id)
-        with self._db_lock, self._engine.begin() as connection:
+        with self._guard(), self._engine.begin() as connection:
             _metadata.create_all(connection, tables=[INFLIGHT_CALLS], checkfirst=True)
             self._left_behind = {row.eval_hash: row.call_id for row in connection.execute(query)}
 
@@ -103,7 +104,7 @@ class InflightCalls:
             self._pending.clear()
             hashes, self._touched = sorted(self._touched), set()
         recorded = sa.select(_REDUN_EVALUATIONS.c.eval_hash)
-        with self._db_lock, self._engine.begin() as connection:
+        with self._guard(), self._engine.begin() as connection:
             connection.execute(
                 INFLIGHT_CALLS.delete().where(INFLIGHT_CALLS.c.eval_hash.in_(recorded))
             )
@@ -135,7 +136,7 @@ class InflightCalls:
                 )
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        with self._db_lock, self._engine.begin() as connection:
+        with self._guard(), self._engine.begin() as connection:
             for batch in _batches([row["eval_hash"] for row in rows]):
                 connection.execute(
                     INFLIGHT_CALLS.delete().where(INFLIGHT_CALLS.c.eval_hash.in_(batch))

@@ -25,7 +25,7 @@ from typing import Any
 import cloudpickle
 import redun
 
-from redun_modal_executor import code_package
+from redun_modal_executor.backends.base import BackendRef
 from redun_modal_executor.errors import (
     CodeSkewError,
     PayloadError,
@@ -33,6 +33,7 @@ from redun_modal_executor.errors import (
     SerializationError,
     VersionSkewError,
 )
+from redun_modal_executor.launch.spec import LaunchSpec
 
 FORMAT_VERSION = 1
 _CALL_MAGIC = b"RMX:CALL"
@@ -95,6 +96,20 @@ def _unframe(data: bytes, magic: bytes, what: str) -> tuple[dict[str, Any], memo
 
 
 @dataclass(frozen=True)
+class CodeReference:
+    """The code package a call's task is imported from: its digest, the ``sys.path`` entries
+    inside it, and the backend that stores it."""
+
+    digest: str
+    import_paths: tuple[str, ...]
+    store: BackendRef
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CodeReference:
+        return cls(data["digest"], tuple(data["import_paths"]), BackendRef(**data["store"]))
+
+
+@dataclass(frozen=True)
 class CallHeader:
     """What the worker learns about a call before unpickling it."""
 
@@ -105,26 +120,31 @@ class CallHeader:
     by_value: bool
     job_id: str = ""
     eval_hash: str = ""
-    code: dict[str, Any] | None = None  # A code package reference (see code_package).
-    launch: dict[str, Any] | None = None  # How a LAUNCH call keeps its database (see launch).
+    code: CodeReference | None = None
+    launch: LaunchSpec | None = None  # Only for a LAUNCH call.
     versions: dict[str, str] = field(default_factory=runtime_versions)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CallHeader:
+        code, launch = data.get("code"), data.get("launch")
+        return cls(
+            **{
+                **data,
+                "code": None if code is None else CodeReference.from_json(code),
+                "launch": None if launch is None else LaunchSpec.from_json(launch),
+            }
+        )
 
 
 @dataclass(frozen=True)
-class Call:
-    """A decoded call payload; ``load`` unpickles it (worker side)."""
+class DecodedCall:
+    """A decoded call payload; ``load`` unpickles it (worker side, with its code active)."""
 
     header: CallHeader
     body: memoryview
 
     def load(self) -> tuple[Any, tuple, dict]:
         """Return ``(function, args, kwargs)``, importing the task by name if shipped by ref."""
-        code = self.header.code
-        if code is not None:
-            code_package.activate(code, code_package.fetcher(code["store"]))
-        else:
-            # A warm container may hold another client's package: use the image's code.
-            code_package.deactivate()
         function, args, kwargs = cloudpickle.loads(self.body)
         if function is None:
             function = _import_task_function(self.header)
@@ -144,8 +164,8 @@ def encode_call(
     kind: CallKind = CallKind.TASK,
     job_id: str = "",
     eval_hash: str = "",
-    code: dict[str, Any] | None = None,
-    launch: dict[str, Any] | None = None,
+    code: CodeReference | None = None,
+    launch: LaunchSpec | None = None,
 ) -> bytes:
     """Serialize one job's call. Raises ``SerializationError`` naming the bad argument."""
     by_value = ships_by_value(task)
@@ -185,15 +205,15 @@ def _describe_unpicklable(task_name: str, args: tuple, kwargs: dict, error: Exce
     )
 
 
-def decode_call(data: bytes) -> Call:
+def decode_call(data: bytes) -> DecodedCall:
     """Parse a call payload and check that this worker can run it (versions first)."""
     header_dict, body = _unframe(data, _CALL_MAGIC, "call payload")
     try:
-        header = CallHeader(**header_dict)
-    except TypeError as error:
+        header = CallHeader.from_json(header_dict)
+    except (TypeError, KeyError, AttributeError) as error:
         raise PayloadError(f"corrupt call payload header: {error}") from None
     check_versions(header)
-    return Call(header, body)
+    return DecodedCall(header, body)
 
 
 def check_versions(header: CallHeader) -> None:

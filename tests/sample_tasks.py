@@ -92,3 +92,13 @@ def hard_exit() -> None:
 @task(script=True)
 def sleep_in_child(pid_file: str) -> str:
     return f"sleep 60 & echo $! > {pid_file}; wait"
+
+
+@task
+def mark_then_sleep(marker: str, seconds: float) -> None:
+    """Touch ``marker`` once running, then sleep: tests wait for the file, not a guess."""
+    import time
+    from pathlib import Path
+
+    Path(marker).touch()
+    time.sleep(seconds)

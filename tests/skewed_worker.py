@@ -1,6 +1,7 @@
 """A generic worker from "another environment": it reports other redun/cloudpickle versions.
 
-Deployed on the fake Modal in place of `modal_app.run_job` to show version skew end to end.
+Deployed on the fake Modal in place of `backends.modal.app.run_job` to show version skew end to
+end.
 """
 
 from redun_modal_executor import payload

@@ -9,8 +9,12 @@ import pytest
 from test_modal_e2e import APP, MODAL_CONFIG, TARGET
 
 from redun_modal_executor import cli
+from redun_modal_executor.backends.modal.app import (
+    MANIFEST_KEY,
+    code_dict_name,
+    deployment_manifest,
+)
 from redun_modal_executor.config import ExecutorConfig
-from redun_modal_executor.modal_app import MANIFEST_KEY, code_dict_name, deployment_manifest
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def record_deployment(**changes: str) -> None:
     """What `redun-modal deploy` writes after deploying, with `changes` to fake an old image."""
     config = ExecutorConfig.from_section("default", {"image.gpu.pip": "torch"})
     manifest = {**deployment_manifest(config), **changes}
-    modal.Dict.from_name(code_dict_name(config), create_if_missing=True).put(
+    modal.Dict.from_name(code_dict_name(config.app_name), create_if_missing=True).put(
         MANIFEST_KEY, manifest
     )
 

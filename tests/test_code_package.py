@@ -1,15 +1,13 @@
-"""Code shipping: what goes in the package, and how a worker switches between versions."""
+"""Code shipping, the client's side: what goes in the package."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 
 from redun_modal_executor import code_package
-from redun_modal_executor.code_package import CodePackageError, activate, build_code_package
+from redun_modal_executor.code_package import CodePackageError, build_code_package
 
 
 def write(root: Path, relative: str, text: str) -> None:
@@ -29,13 +27,6 @@ def project(tmp_path: Path) -> Path:
     write(root, "pkg/__pycache__/shipped_helpers.cpython-311.py", "x = 1\n")
     write(root, ".hidden/secret.py", "x = 1\n")
     return root
-
-
-@pytest.fixture
-def unpack_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(code_package, "_UNPACK_ROOT", tmp_path / "unpacked")
-    yield
-    code_package.deactivate()
 
 
 def names_in(package) -> list[str]:
@@ -73,33 +64,3 @@ def test_package_over_the_limit_is_refused(project, monkeypatch):
     monkeypatch.setattr(code_package, "MAX_PACKAGE_BYTES", 10)
     with pytest.raises(CodePackageError, match="narrow code_includes / code_excludes"):
         build_code_package(project)
-
-
-def test_worker_fetches_each_version_once_and_imports_the_new_code(project, unpack_root):
-    fetched: list[str] = []
-    store: dict[str, bytes] = {}
-
-    def fetch(digest: str) -> bytes:
-        fetched.append(digest)
-        return store[digest]
-
-    first = build_code_package(project, search_path=[str(project), str(project / "flows")])
-    store[first.digest] = first.data
-    activate(first.reference({}), fetch)
-    activate(first.reference({}), fetch)
-    assert importlib.import_module("shipped_flow").VALUE == 1
-    assert fetched == [first.digest]
-
-    write(project, "shipped_helpers.py", "VALUE = 2\n")
-    second = build_code_package(project, search_path=[str(project), str(project / "flows")])
-    store[second.digest] = second.data
-    activate(second.reference({}), fetch)
-    assert importlib.import_module("shipped_flow").VALUE == 2
-    assert fetched == [first.digest, second.digest]
-    assert not any(str(first.digest) in entry for entry in sys.path)
-
-
-def test_corrupted_package_is_refused(project, unpack_root):
-    package = build_code_package(project)
-    with pytest.raises(CodePackageError, match="arrived corrupted"):
-        activate(package.reference({}), lambda digest: package.data + b"tampered")

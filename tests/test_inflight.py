@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 
 import sqlalchemy as sa
 
@@ -37,7 +38,8 @@ def test_records_are_written_in_batches_and_claimed_by_the_next_run(tmp_path, mo
     transactions = []
     monkeypatch.setattr(inflight.InflightCalls, "_write", counted(transactions))
     errors: list[str] = []
-    calls = InflightCalls(engine, threading.RLock(), on_error=errors.append)
+    redun_lock = threading.RLock()
+    calls = InflightCalls(engine, lambda: redun_lock, on_error=errors.append)
     for i in range(250):
         calls.record(f"hash-{i}", f"fc-{i}", "nap")
     calls.record("hash-0", "fc-again", "nap")  # A later call replaces the job's row.
@@ -47,7 +49,7 @@ def test_records_are_written_in_batches_and_claimed_by_the_next_run(tmp_path, mo
     assert len(transactions) <= 6  # Not one per call.
 
     # A run that died left these: the next one claims each once.
-    successor = InflightCalls(engine, None, on_error=errors.append)
+    successor = InflightCalls(engine, nullcontext, on_error=errors.append)
     assert successor.claim("hash-0") == "fc-again"
     assert successor.claim("hash-0") is None
     successor.release()
@@ -58,7 +60,7 @@ def test_records_are_written_in_batches_and_claimed_by_the_next_run(tmp_path, mo
 def test_release_drops_this_runs_rows_written_or_still_queued(tmp_path):
     engine = database(tmp_path)
     errors: list[str] = []
-    calls = InflightCalls(engine, None, on_error=errors.append)
+    calls = InflightCalls(engine, nullcontext, on_error=errors.append)
     calls.record("written", "fc-1", "nap")
     wait_for(lambda: rows(engine) == {"written": "fc-1"})
     calls.record("queued", "fc-2", "nap")
@@ -72,7 +74,7 @@ def test_release_drops_this_runs_rows_written_or_still_queued(tmp_path):
 def test_a_failed_write_is_reported_not_raised(tmp_path):
     engine = database(tmp_path)
     errors: list[str] = []
-    calls = InflightCalls(engine, None, on_error=errors.append)
+    calls = InflightCalls(engine, nullcontext, on_error=errors.append)
     with engine.begin() as connection:
         connection.execute(sa.text("drop table redun_modal_inflight_call"))
     calls.record("hash", "fc-1", "nap")

@@ -21,11 +21,15 @@ from test_e2e import final_line
 from test_modal_e2e import APP, TARGET
 from test_modal_e2e import WORKFLOW as SUM_OF_SQUARES
 
+from redun_modal_executor.backends import create_backend
+from redun_modal_executor.backends.local.storage import FileLock
+from redun_modal_executor.backends.modal.storage import DictLock
 from redun_modal_executor.config import CallOptions, ExecutorConfig
-from redun_modal_executor.db_lock import DictLock, FileLock, Holder
 from redun_modal_executor.errors import DatabaseBusyError, LaunchError
-from redun_modal_executor.launch import database_spec, launch_options
-from redun_modal_executor.remote_scheduler import _set_db_uri, run_launch
+from redun_modal_executor.launch.lock import Holder
+from redun_modal_executor.launch.scheduler import _set_db_uri, run_launch
+from redun_modal_executor.launch.spec import LaunchSpec
+from redun_modal_executor.launch.submit import database_spec, launch_options
 
 pytestmark = pytest.mark.e2e
 
@@ -212,30 +216,43 @@ def test_file_lock_admits_one_writer_and_names_it(tmp_path):
     second.release()
 
 
+def launch_spec(database) -> LaunchSpec:
+    return LaunchSpec(config_files={}, database=database, sync_interval=60, workdir=None)
+
+
 def test_database_spec_follows_the_projects_db_uri(tmp_path):
     config = ExecutorConfig(name="modal", local_dir=str(tmp_path))
-    volume = database_spec(config, "sqlite:///redun.db")
-    assert volume["kind"] == "volume" and volume["volume"] == "redun-modal-executor-scheduler"
-    options = launch_options(CallOptions(timeout=60), config, {"database": volume}, {})
+    backend = create_backend(config)
+    volume = database_spec(config, backend, "sqlite:///redun.db")
+    assert volume is not None and volume.volume == "redun-modal-executor-scheduler"
+    assert volume.backend == backend.ref and volume.mount == "/redun-scheduler"
+    options = launch_options(CallOptions(timeout=60), config, backend, launch_spec(volume), {})
     assert options.volumes == (("/redun-scheduler", "redun-modal-executor-scheduler"),)
     assert options.timeout == 86400  # The executor's timeout is its jobs'; not a launch's.
-    given = launch_options(CallOptions(timeout=60), config, {"database": volume}, {"timeout": 60})
-    assert given.timeout == 60
-    assert database_spec(config, "postgresql://db.example.com/redun") == {"kind": "configured"}
-    with pytest.raises(LaunchError, match="REDUN_DB_PASSWORD"):
-        database_spec(config, "postgresql://me:hunter2@db.example.com/redun")
-    with pytest.raises(LaunchError, match="cannot reach"):
-        database_spec(config, "postgresql://localhost/redun")
-    local = ExecutorConfig(name="default", backend="local", local_dir=str(tmp_path))
-    assert database_spec(local, "sqlite:///redun.db")["dir"] == str(
-        tmp_path / "volumes" / "redun-modal-executor-scheduler"
+    given = launch_options(
+        CallOptions(timeout=60), config, backend, launch_spec(volume), {"timeout": 60}
     )
+    assert given.timeout == 60
+    assert database_spec(config, backend, "postgresql://db.example.com/redun") is None
+    with pytest.raises(LaunchError, match="REDUN_DB_PASSWORD"):
+        database_spec(config, backend, "postgresql://me:hunter2@db.example.com/redun")
+    with pytest.raises(LaunchError, match="cannot reach"):
+        database_spec(config, backend, "postgresql://localhost/redun")
+    local = ExecutorConfig(name="default", backend="local", local_dir=str(tmp_path))
+    local_backend = create_backend(local)
+    on_disk = database_spec(local, local_backend, "sqlite:///redun.db")
+    assert on_disk is not None
+    assert on_disk.mount == str(tmp_path / "volumes" / "redun-modal-executor-scheduler")
+    # Calls on the local backend see the directory itself: nothing to mount.
+    local_options = launch_options(CallOptions(), local, local_backend, launch_spec(on_disk), {})
+    assert local_options.volumes == ()
 
 
 def test_launch_options_add_the_scheduler_secrets():
     config = ExecutorConfig(name="modal", scheduler_secrets=("pg", "mine"))
-    spec = {"database": {"kind": "configured"}}
-    options = launch_options(CallOptions(secrets=("mine",)), config, spec, {})
+    backend = create_backend(config)
+    asked = CallOptions(secrets=("mine",))
+    options = launch_options(asked, config, backend, launch_spec(None), {})
     assert options.secrets == ("mine", "pg")
 
 
@@ -304,15 +321,13 @@ def test_a_configured_database_is_used_as_is(tmp_path):
     uses the project's db_uri. A sqlite file by absolute path stands in for it here."""
     database = tmp_path / "shared.db"
     (tmp_path / "wf.py").write_text(WORKFLOW)
-    launch_spec = {
-        "config_files": {
-            "redun.ini": LOCAL_CONFIG + f"[backend]\ndb_uri = sqlite:///{database}\n"
-        },
-        "database": {"kind": "configured"},
-        "sync_interval": 60,
-        "workdir": str(tmp_path),
-    }
-    assert run_launch(f"{REDUN} run wf.py main", launch_spec).splitlines()[-1] == b"14"
+    spec = LaunchSpec(
+        config_files={"redun.ini": LOCAL_CONFIG + f"[backend]\ndb_uri = sqlite:///{database}\n"},
+        database=None,
+        sync_interval=60,
+        workdir=str(tmp_path),
+    )
+    assert run_launch(f"{REDUN} run wf.py main", spec).splitlines()[-1] == b"14"
     assert database.stat().st_size > 0
 
 

@@ -1,6 +1,6 @@
 """`redun run` against the fake Modal control plane, through the real `modal` client.
 
-The fake runs the deployed generic function (`modal_app.run_job`) for real, in worker
+The fake runs the deployed generic function (`backends.modal.app.run_job`) for real, in worker
 processes that, as on Modal, cannot import the project's files: code arrives by code shipping.
 """
 
@@ -14,7 +14,7 @@ from test_e2e import final_line, ran
 pytestmark = pytest.mark.e2e
 
 APP = "redun-modal-executor"
-TARGET = "redun_modal_executor.modal_app:run_job"
+TARGET = "redun_modal_executor.backends.modal.app:run_job"
 
 MODAL_CONFIG = """\
 [executors.default]
@@ -251,8 +251,12 @@ def kill_mid_run(project, fake_modal) -> None:
     """Start `redun run wf.py main`, SIGKILL it once its naps are spawned and recorded."""
     process = project.start("run", "wf.py", "main", capture=False)
     try:
-        # main's call and three naps, each recorded as soon as it was spawned.
-        fake_modal.wait_until(lambda: inflight_rows(project) == 4, timeout=60)
+        # main's call and three naps, each recorded soon after it was spawned, and the naps
+        # tagged with their calls (redun writes tags on its own thread, in its own time).
+        fake_modal.wait_until(
+            lambda: inflight_rows(project) == 4 and len(call_tags(project, "nap")) == 3,
+            timeout=60,
+        )
     finally:
         process.kill()  # SIGKILL: no stop(), no cancel, the naps keep running on "Modal".
         process.wait()

@@ -10,9 +10,10 @@ import modal
 import pytest
 import redun
 
-from redun_modal_executor import cli, modal_app
+from redun_modal_executor import cli
+from redun_modal_executor.backends.modal import app as modal_app
+from redun_modal_executor.backends.modal.calls import modal_options
 from redun_modal_executor.config import CallOptions, ExecutorConfig, resolve_call_options
-from redun_modal_executor.transport.modal import modal_options
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -187,7 +188,7 @@ def test_reattach_table_only_in_a_database_other_processes_can_open(tmp_path, db
     from redun import Scheduler
     from redun.config import Config
 
-    from redun_modal_executor.transport import create_transport
+    from redun_modal_executor.backends import create_backend
 
     uri = f"sqlite:///{tmp_path / 'redun.db'}" if db_uri == "file" else db_uri
     scheduler = Scheduler(
@@ -195,14 +196,14 @@ def test_reattach_table_only_in_a_database_other_processes_can_open(tmp_path, db
     )
     scheduler.load()
     executor = scheduler.executors["modal"]
-    transport = create_transport(executor.config, *[lambda *_: None] * 3)
-    assert (executor._open_inflight_calls(transport) is not None) == reattaches
+    backend = create_backend(executor.config)
+    assert (executor._open_inflight_calls(backend) is not None) == reattaches
 
 
 def test_polls_fill_the_default_client_then_one_more_connection_each(monkeypatch):
     import asyncio
 
-    from redun_modal_executor.transport import modal as transport
+    from redun_modal_executor.backends.modal import pollers as transport
 
     opened: list[object] = []
 
@@ -211,7 +212,7 @@ def test_polls_fill_the_default_client_then_one_more_connection_each(monkeypatch
         return opened[-1]
 
     async def scenario() -> list:
-        pollers = transport._Pollers()
+        pollers = transport.Pollers()
         per = transport.POLLS_PER_CONNECTION
         clients = await asyncio.gather(*(pollers.acquire() for _ in range(2 * per + 1)))
         assert clients.count(None) == per  # The default client first: small runs open none.
@@ -229,29 +230,40 @@ def test_polls_fill_the_default_client_then_one_more_connection_each(monkeypatch
 def test_without_a_token_every_poll_shares_the_default_client(monkeypatch):
     import asyncio
 
-    from redun_modal_executor.transport import modal as transport
+    from redun_modal_executor.backends.modal import pollers as transport
 
     async def no_client() -> None:
         return None
 
     async def scenario() -> list:
-        pollers = transport._Pollers()
+        pollers = transport.Pollers()
         return [await pollers.acquire() for _ in range(3 * transport.POLLS_PER_CONNECTION)]
 
     monkeypatch.setattr(transport, "_open_client", no_client)
     assert set(asyncio.run(scenario())) == {None}
 
 
+@pytest.mark.parametrize(
+    "release, borrowed", [(modal.__version__, True), ("1.99.0", False), ("2.0.0", False)]
+)
+def test_modals_private_parts_are_borrowed_only_on_tested_releases(monkeypatch, release, borrowed):
+    from redun_modal_executor.backends.modal import client
+
+    monkeypatch.setattr(modal, "__version__", release)
+    assert (client._borrowed_synchronizer() is not None) == borrowed
+
+
 def test_without_modals_private_parts_the_public_api_does(monkeypatch):
-    """Should a modal release drop what the transport borrows, it still runs (slower)."""
+    """Should a modal release drop what the backend borrows, it still runs (slower)."""
     import modal._utils.async_utils
 
-    from redun_modal_executor.transport import modal as transport
+    from redun_modal_executor.backends.modal import client
 
     call = modal.FunctionCall.from_id("fc-any")
     monkeypatch.setattr(modal._utils.async_utils, "synchronizer", object())
-    monkeypatch.setattr(transport, "_fallback_loop", None)
-    loop = transport._client_loop()
-    assert loop.is_running() and transport._client_loop() is loop
-    assert transport._own_get(call).__qualname__ == call.get.aio.__qualname__
+    access = client.ClientAccess(client._borrowed_synchronizer())
+    assert not access.borrows
+    loop = access.loop()
+    assert loop.is_running() and access.loop() is loop
+    assert access.get(call).__qualname__ == call.get.aio.__qualname__
     loop.call_soon_threadsafe(loop.stop)

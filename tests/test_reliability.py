@@ -17,6 +17,8 @@ from grpclib import Status
 from test_e2e import final_line, ran
 from test_modal_e2e import APP, MODAL_CONFIG, TARGET
 
+from redun_modal_executor.backends.local.pool import WORKER_MODULE
+
 pytestmark = pytest.mark.e2e
 
 FAN_OUT = """\
@@ -81,7 +83,7 @@ def local_workers(project) -> list[int]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if b"redun_modal_executor.transport.local_worker" in cmdline and cwd == str(project.root):
+        if WORKER_MODULE.encode() in cmdline and cwd == str(project.root):
             found.append(int(proc.name))
     return found
 

@@ -4,7 +4,7 @@ import sample_tasks
 
 from redun_modal_executor.errors import PayloadError, RemoteTaskError, SerializationError
 from redun_modal_executor.payload import CallKind, Failure, Success, decode_result, encode_call
-from redun_modal_executor.worker import LOG_TAIL_LINES, run_call
+from redun_modal_executor.worker.run import LOG_TAIL_LINES, run_call
 
 
 def run(task, *args, kind=CallKind.TASK, **kwargs):

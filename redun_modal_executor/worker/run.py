@@ -1,4 +1,4 @@
-"""What runs in the container: one call payload in, one result envelope out.
+"""The generic function's body: one call payload in, one result envelope out.
 
 ``run_call`` is the body of the single generic Modal function, and of each local-backend
 worker process. It does its own pickling of results and exceptions, so nothing depends on
@@ -19,12 +19,13 @@ import redun.executors.base
 
 from redun_modal_executor._registration import register
 from redun_modal_executor.payload import (
-    Call,
     CallKind,
+    DecodedCall,
     decode_call,
     encode_failure,
     encode_success,
 )
+from redun_modal_executor.worker import code
 
 LOG_TAIL_LINES = 100
 _LOG_LINE_CHARS = 2000
@@ -51,14 +52,15 @@ def run_call(payload: bytes) -> bytes:
     return encode_success(value, task_name, list(tail))
 
 
-def _execute(call: Call) -> Any:
+def _execute(call: DecodedCall) -> Any:
+    code.activate(call.header.code)
     function, args, kwargs = call.load()
     if call.header.kind == CallKind.SCRIPT.value:
         from redun.scripting import exec_script, prepare_command
 
         return exec_script(prepare_command(function(*args, **kwargs)))
     if call.header.kind == CallKind.LAUNCH.value:
-        from redun_modal_executor.remote_scheduler import run_launch
+        from redun_modal_executor.launch.scheduler import run_launch
 
         assert call.header.launch is not None
         return run_launch(function(*args, **kwargs), call.header.launch)

@@ -10,7 +10,12 @@ import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from redun_modal_executor.transport.local import DETACHED_PAYLOAD, DETACHED_PID, DETACHED_RESULT
+from redun_modal_executor.backends.local import (
+    CALL_ID_ENV,
+    DETACHED_PAYLOAD,
+    DETACHED_PID,
+    DETACHED_RESULT,
+)
 from redun_modal_executor.worker import run_call
 
 
@@ -25,8 +30,6 @@ def serve(connection: Connection) -> None:
 
 
 def run_detached(call_dir: Path) -> None:
-    from redun_modal_executor.remote_scheduler import CALL_ID_ENV
-
     (call_dir / DETACHED_PID).write_text(str(os.getpid()))
     os.environ[CALL_ID_ENV] = call_dir.name
     result = run_call((call_dir / DETACHED_PAYLOAD).read_bytes())

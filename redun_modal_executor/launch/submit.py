@@ -1,9 +1,9 @@
-"""``redun launch`` on this executor: a scheduler in a worker, with a database that outlives it.
+"""Submitting a launch: ``redun launch`` turned into one call that runs a scheduler.
 
 redun's launch submits one script job, ``redun.script_task`` running ``redun run ...``, and
 without ``--wait`` stops at once. Here such a job is a *launch*: its call also carries the
 project's redun config and where the launched scheduler's database lives. The worker's side
-is ``remote_scheduler``.
+is ``launch.scheduler``.
 
 Where the database lives follows the project's ``db_uri``:
 
@@ -22,14 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from redun_modal_executor.backends import Backend
 from redun_modal_executor.config import CallOptions, ExecutorConfig, redun_config_dir
-from redun_modal_executor.errors import LaunchError
+from redun_modal_executor.errors import DatabaseBusyError, LaunchError
+from redun_modal_executor.launch.lock import busy_message
+from redun_modal_executor.launch.spec import DatabaseSpec, LaunchSpec
 
 if TYPE_CHECKING:
     from redun.scheduler import Job
 
 SCRIPT_TASK = "redun.script_task"
-DATABASE_FILE = "redun.db"
 DEFAULT_DB_URI = "sqlite:///redun.db"  # redun's, relative to the config directory
 
 
@@ -39,16 +41,16 @@ def is_launch(job: Job) -> bool:
     return job.task.fullname == SCRIPT_TASK and job.parent_job is None
 
 
-def build_launch(config: ExecutorConfig) -> dict[str, Any]:
-    """The ``launch`` part of a launch call's header (JSON: no secrets, nothing pickled)."""
+def build_launch(config: ExecutorConfig, backend: Backend) -> LaunchSpec:
+    """What a launch call carries besides its command."""
     files = project_config_files(redun_config_dir())
-    return {
-        "config_files": files,
-        "database": database_spec(config, configured_db_uri(files)),
-        "sync_interval": config.scheduler_sync_interval,
-        # The local backend runs the launch where the client runs; Modal, in the code package.
-        "workdir": os.getcwd() if config.backend == "local" else None,
-    }
+    return LaunchSpec(
+        config_files=files,
+        database=database_spec(config, backend, configured_db_uri(files)),
+        sync_interval=config.scheduler_sync_interval,
+        # Where code is not shipped, the worker runs where the client runs, on its files.
+        workdir=None if backend.ships_code else os.getcwd(),
+    )
 
 
 def project_config_files(config_dir: Path) -> dict[str, str]:
@@ -64,45 +66,31 @@ def configured_db_uri(files: dict[str, str]) -> str:
     return parser.get("backend", "db_uri", fallback="") or DEFAULT_DB_URI
 
 
-def database_spec(config: ExecutorConfig, db_uri: str) -> dict[str, Any]:
-    """Where the launched scheduler's database lives, and how it is kept to one writer."""
+def database_spec(config: ExecutorConfig, backend: Backend, db_uri: str) -> DatabaseSpec | None:
+    """Where the launched scheduler's database lives: on the scheduler volume for a sqlite
+    ``db_uri``, else (None) the configured database itself."""
     if not db_uri.startswith("sqlite:"):
-        _check_shared_db_uri(config, db_uri)
-        return {"kind": "configured"}
-    volume = config.scheduler_volume_name
-    if config.backend == "local":
-        directory = config.local_root() / "volumes" / volume
-        return {
-            "kind": "volume",
-            "backend": "local",
-            "volume": volume,
-            "dir": str(directory),
-            "file": DATABASE_FILE,
-        }
-    return {
-        "kind": "volume",
-        "backend": "modal",
-        "volume": volume,
-        "environment": config.environment,
-        "dir": config.scheduler_mount,
-        "file": DATABASE_FILE,
-        "lock_dict": f"{config.app_name}-locks",
-    }
+        _check_shared_db_uri(backend, db_uri)
+        return None
+    volume = backend.volume(config.scheduler_volume_name, config.scheduler_mount)
+    return DatabaseSpec(backend.ref, volume.name, volume.path)
 
 
-def create_volume(database: dict[str, Any]) -> None:
-    """Create the scheduler's Modal Volume if it is missing: a launch needs no setup beyond
-    the deploy. (On the local backend, the directory is made when first written.)"""
-    if database["kind"] != "volume" or database["backend"] != "modal":
+def check_database_free(backend: Backend, database: DatabaseSpec | None) -> None:
+    """Create the scheduler volume if missing, and refuse a launch whose sqlite database
+    another launched scheduler is writing. (The launched call checks again, under the lock;
+    this says so before anything starts.) Blocking: call it off the scheduler's thread."""
+    if database is None:
         return
-    import modal
+    volume = backend.volume(database.volume, database.mount)
+    lock = backend.database_lock(volume, database.file)
+    volume.ensure()
+    holder = lock.holder()
+    if holder is not None:
+        raise DatabaseBusyError(busy_message(lock.where, holder))
 
-    modal.Volume.from_name(
-        database["volume"], environment_name=database.get("environment"), create_if_missing=True
-    ).hydrate()
 
-
-def _check_shared_db_uri(config: ExecutorConfig, db_uri: str) -> None:
+def _check_shared_db_uri(backend: Backend, db_uri: str) -> None:
     parsed = urlparse(db_uri)
     if parsed.password:
         raise LaunchError(
@@ -110,7 +98,7 @@ def _check_shared_db_uri(config: ExecutorConfig, db_uri: str) -> None:
             "Remove it from db_uri and put it in a Modal Secret as REDUN_DB_PASSWORD (with "
             "REDUN_DB_USERNAME), named in scheduler_secrets; redun reads both from there."
         )
-    if config.backend == "modal" and parsed.hostname in ("localhost", "127.0.0.1", "::1"):
+    if backend.remote and parsed.hostname in ("localhost", "127.0.0.1", "::1"):
         raise LaunchError(
             f"db_uri points at {parsed.hostname}, which a scheduler on Modal cannot reach. "
             "Use a database host reachable from Modal, or a sqlite db_uri (the launched "
@@ -119,26 +107,30 @@ def _check_shared_db_uri(config: ExecutorConfig, db_uri: str) -> None:
 
 
 def launch_options(
-    options: CallOptions, config: ExecutorConfig, launch: dict, job_options: dict[str, Any]
+    options: CallOptions,
+    config: ExecutorConfig,
+    backend: Backend,
+    launch: LaunchSpec,
+    job_options: dict[str, Any],
 ) -> CallOptions:
     """A launch's call options: its task options (``redun launch -o``) plus the volume, the
     scheduler secrets and, unless given, ``scheduler_timeout``."""
-    database = launch["database"]
+    database = launch.database
     volumes = options.volumes
-    if database["kind"] == "volume" and database["backend"] == "modal":
-        volumes = tuple(sorted({*volumes, (database["dir"], database["volume"])}))
+    if database is not None and backend.remote:  # Mounted, so that the call can see it.
+        volumes = tuple(sorted({*volumes, (database.mount, database.volume)}))
     secrets = tuple(dict.fromkeys((*options.secrets, *config.scheduler_secrets)))
     timeout = options.timeout if "timeout" in job_options else config.scheduler_timeout
     return dataclasses.replace(options, volumes=volumes, secrets=secrets, timeout=timeout)
 
 
-def follow_hint(call_id: str, launch: dict[str, Any]) -> str:
+def follow_hint(call_id: str, launch: LaunchSpec) -> str:
     """What a user can do with a detached launch, printed when it starts."""
     hint = (
         f"launched scheduler call {call_id}; it goes on after this command exits. "
         f"Follow it: `redun-modal logs {call_id}`; its outcome: `redun-modal status "
         f"{call_id}` (--wait to wait for it)."
     )
-    if launch["database"]["kind"] == "volume":
+    if launch.database is not None:
         hint += " Then `redun-modal pull` brings its records here, for `redun log`."
     return hint

@@ -10,6 +10,7 @@ asks for them per task with ``Function.with_options``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
@@ -28,9 +29,9 @@ def function_name(image: str) -> str:
     return FUNCTION_NAME if image == DEFAULT_IMAGE else f"{FUNCTION_NAME}_{image}"
 
 
-def code_dict_name(config: ExecutorConfig) -> str:
-    """The Modal Dict that holds this app's code packages, by digest."""
-    return config.app_name + CODE_DICT_SUFFIX
+def code_dict_name(app_name: str) -> str:
+    """The Modal Dict that holds an app's code packages, by digest."""
+    return app_name + CODE_DICT_SUFFIX
 
 
 def run_job(payload: bytes) -> bytes:
@@ -99,6 +100,61 @@ def deploy(config: ExecutorConfig) -> None:
     with modal.enable_output():
         build_app(config).deploy(name=config.app_name, environment_name=config.environment)
     manifests = modal.Dict.from_name(
-        code_dict_name(config), environment_name=config.environment, create_if_missing=True
+        code_dict_name(config.app_name),
+        environment_name=config.environment,
+        create_if_missing=True,
     )
     manifests.put(MANIFEST_KEY, deployment_manifest(config))
+
+
+def check_deployment(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:
+    """What `redun-modal doctor` reports for one executor: (check, ok, detail) each."""
+    import modal
+    import modal.exception
+
+    for image in config.images:
+        name = function_name(image)
+        try:
+            modal.Function.from_name(
+                config.app_name, name, environment_name=config.environment
+            ).hydrate()
+        except modal.exception.AuthError as error:
+            yield (
+                "credentials",
+                False,
+                f"{error}: run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET",
+            )
+            return
+        except modal.exception.NotFoundError:
+            yield f"function {name}", False, "not deployed: run `redun-modal deploy`"
+            continue
+        yield f"function {name}", True, "deployed"
+    try:
+        manifests = modal.Dict.from_name(
+            code_dict_name(config.app_name), environment_name=config.environment
+        )
+        deployed = manifests.get(MANIFEST_KEY)
+    except modal.exception.NotFoundError:
+        deployed = None
+    if deployed is None:
+        yield (
+            "versions",
+            False,
+            (
+                "no deployment record (never deployed with this package, or unused longer than "
+                "Modal keeps Dict entries): run `redun-modal deploy`"
+            ),
+        )
+        return
+    ours = deployment_manifest(config)
+    for key in ("python", "redun", "cloudpickle", "payload_format", "redun_modal_executor"):
+        same = deployed.get(key) == ours[key]
+        detail = (
+            ours[key]
+            if same
+            else (
+                f"image has {deployed.get(key)}, client has {ours[key]}: redeploy with "
+                "`redun-modal deploy` from this environment"
+            )
+        )
+        yield key, same, detail

@@ -1,4 +1,4 @@
-"""The local backend: the generic worker in a pool of separate Python processes.
+"""The local backend's pool: the generic worker in separate Python processes.
 
 It behaves like Modal where it matters for testing workflows: every worker is a fresh
 interpreter that gets bytes and returns bytes, warm workers are reused across calls, a call
@@ -18,33 +18,29 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 
-from redun_modal_executor.config import CallOptions
+from redun_modal_executor.calls import Call
 from redun_modal_executor.errors import CallCancelledError, CallTimeoutError, WorkerDiedError
-from redun_modal_executor.transport import OnDone, Transport
 
-_WORKER_MODULE = "redun_modal_executor.transport.local_worker"
+WORKER_MODULE = "redun_modal_executor.backends.local.worker_main"
 _STOP_GRACE_SECONDS = 2.0  # For an idle worker to exit.
 _KILL_GRACE_SECONDS = 5.0  # For a stopped worker to exit on SIGTERM (a launch saves its db).
-# Files of a detached call, in its directory.
-DETACHED_PAYLOAD = "payload"
-DETACHED_OUTPUT = "output.log"
-DETACHED_PID = "pid"
-DETACHED_RESULT = "result"
 
 
 @dataclass
-class _Call:
-    key: str
-    label: str
+class _WorkItem:
+    """A call on its way to a worker: its payload until sent, its deadline once sent."""
+
+    call: Call
     payload: bytes
-    timeout: float | None
     deadline: float | None = None
+
+    @property
+    def timeout(self) -> float | None:
+        return self.call.options.timeout
 
 
 class _Worker:
@@ -58,7 +54,7 @@ class _Worker:
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", _WORKER_MODULE, str(theirs.fileno())],
+                [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -68,23 +64,24 @@ class _Worker:
             )
         self.connection = Connection(ours.detach())
         self.ready = False
-        self.call: _Call | None = None
+        self.item: _WorkItem | None = None
 
-    def assign(self, call: _Call) -> None:
-        self.call = call
+    def assign(self, item: _WorkItem) -> None:
+        self.item = item
         if self.ready:
             self._transmit()
 
     def mark_ready(self) -> None:
         self.ready = True
-        if self.call is not None:
+        if self.item is not None:
             self._transmit()
 
     def _transmit(self) -> None:
-        assert self.call is not None
-        if self.call.timeout is not None:
-            self.call.deadline = time.monotonic() + self.call.timeout
-        self.connection.send_bytes(self.call.payload)
+        assert self.item is not None
+        if self.item.timeout is not None:
+            self.item.deadline = time.monotonic() + self.item.timeout
+        self.connection.send_bytes(self.item.payload)
+        self.item.payload = b""  # Sent: a big value need not stay in memory until the end.
 
     def kill(self) -> None:
         """Stop the worker and whatever its task started: SIGTERM first, as Modal stops a
@@ -129,15 +126,13 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
-class LocalTransport(Transport):
+class WorkerPool:
     """Runs calls in up to ``max_workers`` worker processes on this machine."""
 
-    def __init__(self, on_done: OnDone, max_workers: int, calls_dir: Path) -> None:
-        super().__init__(on_done)
+    def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
-        self.calls_dir = calls_dir
         self._lock = threading.Lock()
-        self._incoming: deque[_Call] = deque()
+        self._incoming: deque[_WorkItem] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -146,16 +141,15 @@ class LocalTransport(Transport):
 
     # Called from any thread.
 
-    def spawn(
-        self,
-        key: str,
-        label: str,
-        payload: bytes,
-        options: CallOptions,
-        reattach_to: str | None = None,
-    ) -> None:
+    def submit(self, call: Call) -> None:
+        """Queue ``call``; its payload is taken (encoded, if need be) on the caller's thread."""
+        try:
+            item = _WorkItem(call, call.take_payload())
+        except Exception as error:  # The job's own problem (say, an unpicklable argument).
+            call.finish(error)
+            return
         with self._lock:
-            self._incoming.append(_Call(key, label, payload, options.timeout))
+            self._incoming.append(item)
             if self._thread is None or not self._thread.is_alive():
                 self._stopping = False
                 self._thread = threading.Thread(
@@ -163,24 +157,6 @@ class LocalTransport(Transport):
                 )
                 self._thread.start()
         self._wake()
-
-    def spawn_detached(self, label: str, payload: bytes, options: CallOptions) -> str:
-        """A worker process of its own, in its own session, that outlives this one; its
-        output, pid and result envelope are files in ``calls_dir/<call id>``."""
-        call_id = "lc-" + uuid.uuid4().hex[:24]
-        call_dir = self.calls_dir / call_id
-        call_dir.mkdir(parents=True)
-        (call_dir / DETACHED_PAYLOAD).write_bytes(payload)
-        with (call_dir / DETACHED_OUTPUT).open("wb") as output:
-            subprocess.Popen(
-                [sys.executable, "-m", _WORKER_MODULE, "--detached", str(call_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=worker_environment(),
-                start_new_session=True,
-            )
-        return call_id
 
     def stop(self) -> int:
         with self._lock:
@@ -203,7 +179,7 @@ class LocalTransport(Transport):
 
     def _dispatch(self) -> None:
         env = worker_environment()
-        queued: deque[_Call] = deque()
+        queued: deque[_WorkItem] = deque()
         idle: list[_Worker] = []
         busy: dict[Connection, _Worker] = {}
         try:
@@ -214,97 +190,96 @@ class LocalTransport(Transport):
                     if self._stopping:
                         break
                 self._assign(queued, idle, busy, env)
-                ready = wait([*busy, self._wake_reader], self._next_deadline(busy))
+                ready = wait([*busy, self._wake_reader], _next_deadline(busy))
                 for connection in ready:
                     if connection is self._wake_reader:
                         self._wake_reader.recv(4096)
                     else:
-                        self._collect(busy.pop(connection), idle, busy)
-                self._expire(busy)
+                        _collect(busy.pop(connection), idle, busy)
+                _expire(busy)
         finally:
             with self._lock:
                 queued.extend(self._incoming)
                 self._incoming.clear()
                 self._cancelled_at_stop = len(queued) + len(busy)
-            for call in queued:
-                self._on_done(
-                    call.key, CallCancelledError(f"{call.label}: cancelled before it ran")
-                )
+            for item in queued:
+                item.call.finish(CallCancelledError(f"{item.call.label}: cancelled before it ran"))
             for worker in busy.values():
                 worker.kill()
-                if worker.call is not None:
-                    message = f"{worker.call.label}: cancelled mid-run"
-                    self._on_done(worker.call.key, CallCancelledError(message))
+                if worker.item is not None:
+                    message = f"{worker.item.call.label}: cancelled mid-run"
+                    worker.item.call.finish(CallCancelledError(message))
             for worker in idle:
                 worker.close()
 
     def _assign(
         self,
-        queued: deque[_Call],
+        queued: deque[_WorkItem],
         idle: list[_Worker],
         busy: dict[Connection, _Worker],
         env: dict[str, str],
     ) -> None:
         while queued and (idle or len(busy) < self.max_workers):
-            call = queued.popleft()
+            item = queued.popleft()
             try:
                 worker = idle.pop() if idle else _Worker(env)
             except OSError as error:
-                message = f"{call.label}: could not start a worker process: {error}"
-                self._on_done(call.key, WorkerDiedError(message))
+                message = f"{item.call.label}: could not start a worker process: {error}"
+                item.call.finish(WorkerDiedError(message))
                 continue
             try:
-                worker.assign(call)
+                worker.assign(item)
             except OSError:
                 # An idle worker that died in between never saw the call: run it elsewhere.
                 worker.kill()
-                queued.appendleft(call)
+                queued.appendleft(item)
                 continue
             busy[worker.connection] = worker
 
-    def _collect(
-        self, worker: _Worker, idle: list[_Worker], busy: dict[Connection, _Worker]
-    ) -> None:
-        call = worker.call
-        assert call is not None
-        try:
-            message = worker.connection.recv_bytes()
-            if not worker.ready:
-                worker.mark_ready()
-                busy[worker.connection] = worker
-                return
-        except (EOFError, OSError):
-            worker.connection.close()
-            self._on_done(
-                call.key,
-                WorkerDiedError(
-                    f"{call.label}: the worker process {worker.describe_exit()} before returning "
-                    "a result (out of memory, a crash in native code, or os._exit in the task)."
-                ),
-            )
+
+def _collect(worker: _Worker, idle: list[_Worker], busy: dict[Connection, _Worker]) -> None:
+    """Read what a busy worker sent: its ready signal, its result, or its end."""
+    item = worker.item
+    assert item is not None
+    try:
+        message = worker.connection.recv_bytes()
+        if not worker.ready:
+            worker.mark_ready()
+            busy[worker.connection] = worker
             return
-        worker.call = None
-        idle.append(worker)
-        self._on_done(call.key, message)
+    except (EOFError, OSError):
+        worker.connection.close()
+        item.call.finish(
+            WorkerDiedError(
+                f"{item.call.label}: the worker process {worker.describe_exit()} before "
+                "returning a result (out of memory, a crash in native code, or os._exit in "
+                "the task)."
+            )
+        )
+        return
+    worker.item = None
+    idle.append(worker)
+    item.call.finish(message)
 
-    def _expire(self, busy: dict[Connection, _Worker]) -> None:
-        now = time.monotonic()
-        for connection, worker in list(busy.items()):
-            call = worker.call
-            if call is not None and call.deadline is not None and call.deadline <= now:
-                del busy[connection]
-                worker.kill()
-                self._on_done(
-                    call.key,
-                    CallTimeoutError(
-                        f"{call.label}: timed out after {call.timeout:g} s (the `timeout` task "
-                        "option or executor setting); the worker was stopped."
-                    ),
+
+def _expire(busy: dict[Connection, _Worker]) -> None:
+    """Stop the workers whose call ran past its timeout."""
+    now = time.monotonic()
+    for connection, worker in list(busy.items()):
+        item = worker.item
+        if item is not None and item.deadline is not None and item.deadline <= now:
+            del busy[connection]
+            worker.kill()
+            item.call.finish(
+                CallTimeoutError(
+                    f"{item.call.label}: timed out after {item.timeout:g} s (the `timeout` task "
+                    "option or executor setting); the worker was stopped."
                 )
+            )
 
-    @staticmethod
-    def _next_deadline(busy: dict[Connection, _Worker]) -> float | None:
-        deadlines = [w.call.deadline for w in busy.values() if w.call and w.call.deadline]
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - time.monotonic())
+
+def _next_deadline(busy: dict[Connection, _Worker]) -> float | None:
+    deadlines = [w.item.deadline for w in busy.values() if w.item and w.item.deadline]
+    if not deadlines:
+        return None
+    return max(0.0, min(deadlines) - time.monotonic())

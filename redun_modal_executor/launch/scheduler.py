@@ -1,6 +1,6 @@
 """What a launch call does in its worker: run ``redun run ...`` against a durable database.
 
-For a database on a volume (see ``launch.database_spec``), the call takes the volume's lock,
+For a database on a volume (see ``spec.DatabaseSpec``), the call takes the volume's lock,
 copies the sqlite file to local disk (sqlite must not be written on a network volume), runs
 the command against the copy, and copies it back every ``sync_interval`` seconds and at the
 end, committing the volume each time. A configured database (Postgres) is used as is.
@@ -23,16 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from redun_modal_executor import code_package
-from redun_modal_executor.db_lock import open_lock
+from redun_modal_executor.backends import open_backend
+from redun_modal_executor.launch.spec import DatabaseSpec, LaunchSpec
+from redun_modal_executor.worker import code
 
-CALL_ID_ENV = "REDUN_MODAL_CALL_ID"  # Set in a local backend's detached launch process.
 _STOP_SECONDS = 60.0  # For the scheduler to cancel its own calls when the launch is stopped.
 _STOPPED_READ_SECONDS = 0.5
 _STDERR_TAIL_LINES = 1000  # Of a failed launch's stderr, for its ScriptError.
 
 
-def run_launch(command: str, launch: dict[str, Any]) -> bytes:
+def run_launch(command: str, launch: LaunchSpec) -> bytes:
     """Run the launched command; return its stdout, as redun's script tasks do."""
     from redun.scripting import ScriptError
 
@@ -42,13 +42,12 @@ def run_launch(command: str, launch: dict[str, Any]) -> bytes:
     ):
         scratch = Path(scratch_name)
         workdir = _workdir(launch, scratch)
-        config_dir = _write_config(scratch / "config", launch["config_files"])
-        database = launch["database"]
-        if database["kind"] != "volume":
+        config_dir = _write_config(scratch / "config", launch.config_files)
+        if launch.database is None:
             returncode, stdout, stderr = _run(command, workdir, config_dir)
         else:
             returncode, stdout, stderr = _run_on_volume(
-                command, workdir, config_dir, database, launch["sync_interval"], scratch
+                command, workdir, config_dir, launch.database, launch.sync_interval, scratch
             )
     if returncode != 0:
         raise ScriptError(stderr)
@@ -78,17 +77,18 @@ def _run_on_volume(
     command: str,
     workdir: Path,
     config_dir: Path,
-    database: dict[str, Any],
+    database: DatabaseSpec,
     sync_interval: float,
     scratch: Path,
 ) -> tuple[int, bytes, bytes]:
-    lock = open_lock(database)
-    lock.acquire(current_call_id())
+    backend = open_backend(database.backend)
+    volume = backend.volume(database.volume, database.mount)
+    lock = backend.database_lock(volume, database.file)
+    lock.acquire(backend.current_call_id())
     try:
-        volume = _Volume(database)
         volume.reload()
-        shared = Path(database["dir"]) / database["file"]
-        local = scratch / database["file"]
+        shared = Path(volume.path) / database.file
+        local = scratch / database.file
         if shared.exists():
             copy_database(shared, local)
         _set_db_uri(config_dir, f"sqlite:///{local}")
@@ -112,15 +112,6 @@ def _run_on_volume(
         lock.release()
 
 
-def current_call_id() -> str:
-    """This launch's call id: Modal's, or the local backend's."""
-    if os.environ.get(CALL_ID_ENV):
-        return os.environ[CALL_ID_ENV]
-    import modal
-
-    return modal.current_function_call_id() or f"pid-{os.getpid()}"
-
-
 def copy_database(source: Path, target: Path) -> None:
     """A consistent copy of a sqlite database (even one being written), put in place at once."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,34 +125,13 @@ def copy_database(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
-class _Volume:
-    """Commit and reload for a Modal Volume mounted in this container; a directory has none."""
-
-    def __init__(self, database: dict[str, Any]) -> None:
-        self._modal = None
-        if database["backend"] == "modal":
-            import modal
-
-            self._modal = modal.Volume.from_name(
-                database["volume"], environment_name=database.get("environment")
-            )
-
-    def reload(self) -> None:
-        if self._modal is not None:
-            self._modal.reload()
-
-    def commit(self) -> None:
-        if self._modal is not None:
-            self._modal.commit()
-
-
-def _workdir(launch: dict[str, Any], scratch: Path) -> Path:
-    """Where the command runs: the client's directory (local backend), else a copy of the
-    code package (so the run's own files do not land in the shared unpacked package)."""
-    if launch.get("workdir"):
-        return Path(launch["workdir"])
+def _workdir(launch: LaunchSpec, scratch: Path) -> Path:
+    """Where the command runs: the client's directory (a backend that ships no code), else a
+    copy of the code package (so the run's own files do not land in the shared package)."""
+    if launch.workdir:
+        return Path(launch.workdir)
     workdir = scratch / "work"
-    package = code_package.active_root()
+    package = code.versions.root
     if package is None:
         workdir.mkdir()
     else:

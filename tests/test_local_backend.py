@@ -4,40 +4,51 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
+import threading
 import time
-from pathlib import Path
 
 import pytest
 import sample_tasks
 
+from redun_modal_executor.backends.local.pool import WorkerPool
+from redun_modal_executor.calls import Call, CallState
 from redun_modal_executor.config import CallOptions
-from redun_modal_executor.errors import CallCancelledError, CallTimeoutError, WorkerDiedError
+from redun_modal_executor.errors import (
+    CallCancelledError,
+    CallTimeoutError,
+    SerializationError,
+    WorkerDiedError,
+)
 from redun_modal_executor.payload import CallKind, Success, decode_result, encode_call
-from redun_modal_executor.transport.local import LocalTransport
 
 
 class Pool:
-    """A LocalTransport whose outcomes land in a queue."""
+    """A WorkerPool whose finished calls land in a queue, by name."""
 
     def __init__(self, max_workers: int) -> None:
-        self.outcomes: queue.Queue = queue.Queue()
-        self.transport = LocalTransport(
-            lambda key, outcome: self.outcomes.put((key, outcome)),
-            max_workers=max_workers,
-            # Made only by spawn_detached, which these tests do not use.
-            calls_dir=Path(tempfile.gettempdir()) / "redun-modal-unused-calls",
-        )
+        self.finished: queue.Queue[tuple[str, Call]] = queue.Queue()
+        self.pool = WorkerPool(max_workers)
 
-    def spawn(self, key, task, *args, timeout=None, kind=CallKind.TASK):
-        payload = encode_call(task, args, {}, kind)
-        self.transport.spawn(key, f"Task {task.fullname}", payload, CallOptions(timeout=timeout))
+    def spawn(self, name, task, *args, timeout=None, kind=CallKind.TASK) -> Call:
+        def encode() -> bytes:
+            return encode_call(task, args, {}, kind)
+
+        call = Call(
+            f"Task {task.fullname}",
+            CallOptions(timeout=timeout),
+            encode,
+            on_done=lambda call: self.finished.put((name, call)),
+        )
+        self.pool.submit(call)
+        return call
 
     def results(self, count: int, within: float = 30) -> dict:
         found = {}
         for _ in range(count):
-            key, outcome = self.outcomes.get(timeout=within)
-            found[key] = decode_result(outcome) if isinstance(outcome, bytes) else outcome
+            name, call = self.finished.get(timeout=within)
+            assert call.state is CallState.FINISHED
+            outcome = call.outcome
+            found[name] = decode_result(outcome) if isinstance(outcome, bytes) else outcome
         return found
 
 
@@ -51,7 +62,15 @@ def pool():
 
     yield make
     for made in pools:
-        made.transport.stop()
+        made.pool.stop()
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.02)
 
 
 def test_warm_worker_is_reused(pool):
@@ -94,23 +113,25 @@ def test_timeout_kills_the_task_child_processes(pool, tmp_path):
     (outcome,) = one.results(1).values()
     assert isinstance(outcome, CallTimeoutError)
     child = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.kill(child, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"the script's child process {child} outlived the timeout")
+            return True
+        return False
+
+    wait_for(gone, timeout=5)
 
 
-def test_stop_cancels_everything_in_flight_and_can_restart(pool):
+def test_stop_cancels_everything_in_flight_and_can_restart(pool, tmp_path):
     two = pool(max_workers=2)
-    for i in range(3):
-        two.spawn(str(i), sample_tasks.timed_sleep, 30)
-    time.sleep(0.5)
+    markers = [tmp_path / f"started-{i}" for i in range(3)]
+    for i, marker in enumerate(markers):
+        two.spawn(str(i), sample_tasks.mark_then_sleep, str(marker), 30)
+    wait_for(lambda: sum(marker.exists() for marker in markers) == 2)  # Two run, one waits.
     began = time.monotonic()
-    assert two.transport.stop() == 3
+    assert two.pool.stop() == 3
     assert time.monotonic() - began < 10
     outcomes = two.results(3)
     assert all(isinstance(o, CallCancelledError) for o in outcomes.values())
@@ -119,7 +140,8 @@ def test_stop_cancels_everything_in_flight_and_can_restart(pool):
         "cancelled mid-run",
         "cancelled mid-run",
     ]
-    assert two.transport.stop() == 0
+    assert not markers[2].exists()
+    assert two.pool.stop() == 0
 
     two.spawn("again", sample_tasks.add, 1, 2)
     assert two.results(1)["again"] == Success(3)
@@ -135,9 +157,25 @@ def test_worker_that_dies_fails_its_call_and_is_replaced(pool):
     assert results["next"] == Success(4)
 
 
-def test_worker_start_up_does_not_count_against_the_timeout(pool):
-    # A fresh worker takes far longer than 0.3 s to import redun; Modal, too, starts the clock
-    # when the container is up.
+def test_a_payload_that_cannot_be_encoded_fails_its_call_at_once(pool):
     one = pool(max_workers=1)
-    one.spawn("first", sample_tasks.timed_sleep, 0.01, timeout=0.3)
-    assert isinstance(one.results(1)["first"], Success)
+    one.spawn("bad", sample_tasks.add, threading.Lock(), 1)
+    (outcome,) = one.results(1, within=5).values()
+    assert isinstance(outcome, SerializationError)
+    assert "Task add: argument 0 (lock) cannot be pickled" in str(outcome)
+
+
+def test_worker_start_up_does_not_count_against_the_timeout(pool, tmp_path, monkeypatch):
+    # Modal, too, starts the clock when the container is up. Workers start slower than the
+    # timeout here, whatever the machine: each sleeps in its sitecustomize first.
+    startup = 1.5
+    slow_start = tmp_path / "slow-start"
+    slow_start.mkdir()
+    (slow_start / "sitecustomize.py").write_text(f"import time\ntime.sleep({startup})\n")
+    monkeypatch.setenv("PYTHONPATH", str(slow_start))
+    one = pool(max_workers=1)
+    began = time.monotonic()
+    one.spawn("first", sample_tasks.timed_sleep, 0.01, timeout=0.5)
+    result = one.results(1)["first"]
+    assert isinstance(result, Success), result
+    assert time.monotonic() - began > startup  # The start-up did take longer than the timeout.

@@ -1,0 +1,133 @@
+"""``Call``: one job's call through a backend, as a handle with a small state machine.
+
+::
+
+    PENDING --spawned(call_id)--> RUNNING --finish(outcome)--> FINISHED
+       \\_______________________finish(outcome)_______________/
+
+The executor makes a ``Call`` per job (and per retry) and hands it to a backend; the backend
+reports on the handle itself, from its own thread, and never calls the executor by key. The
+outcome is the result envelope (bytes) or the exception that kept the call from producing
+one. A handle keeps its payload only until the backend takes it: to send the call again, the
+backend asks the handle to encode it once more.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+from collections.abc import Callable
+
+from redun_modal_executor.config import CallOptions
+
+Outcome = bytes | BaseException
+
+
+class CallState(enum.Enum):
+    PENDING = "pending"  # Not spawned yet (queued, or being spawned).
+    RUNNING = "running"  # Spawned: ``call_id`` names it where it runs.
+    FINISHED = "finished"  # ``outcome`` is set; nothing changes any more.
+
+
+class Call:
+    """One call: what to send (payload, options), and where it stands."""
+
+    def __init__(
+        self,
+        label: str,
+        options: CallOptions,
+        encode: Callable[[], bytes],
+        payload: bytes | None = None,
+        reattach_to: str | None = None,
+        on_spawned: Callable[[Call], None] | None = None,
+        on_done: Callable[[Call], None] | None = None,
+    ) -> None:
+        self.label = label  # "Task <fullname>", for messages.
+        self.options = options
+        # A call an earlier client spawned for the same job: its result is awaited instead,
+        # and a fresh call is made only if it cannot be had.
+        self.reattach_to = reattach_to
+        self.state = CallState.PENDING
+        self.call_id: str | None = None
+        self.outcome: Outcome | None = None
+        self._encode = encode
+        self._payload = payload
+        self._on_spawned = on_spawned
+        self._on_done = on_done
+        self._lock = threading.Lock()
+
+    def take_held(self) -> bytes | None:
+        """The payload given with the call, once (None after, or if none was given)."""
+        with self._lock:
+            payload, self._payload = self._payload, None
+        return payload
+
+    def encode(self) -> bytes:
+        """The payload encoded afresh. Blocking: backends call it off their I/O loop."""
+        return self._encode()
+
+    def take_payload(self) -> bytes:
+        """The payload to send now: the one given (once), else encoded afresh."""
+        payload = self.take_held()
+        return payload if payload is not None else self.encode()
+
+    def spawned(self, call_id: str) -> None:
+        """The backend spawned a new call for this handle."""
+        if self._run(call_id) and self._on_spawned is not None:
+            self._on_spawned(self)
+
+    def reattached(self, call_id: str) -> None:
+        """The backend awaits the call ``reattach_to`` names (nothing new was spawned)."""
+        self._run(call_id)
+
+    def _run(self, call_id: str) -> bool:
+        with self._lock:
+            if self.state is CallState.FINISHED:
+                return False
+            self.state, self.call_id = CallState.RUNNING, call_id
+            return True
+
+    def finish(self, outcome: Outcome) -> bool:
+        """Set the outcome, once; False if the call had finished already."""
+        with self._lock:
+            if self.state is CallState.FINISHED:
+                return False
+            self.state, self.outcome, self._payload = CallState.FINISHED, outcome, None
+        if self._on_done is not None:
+            self._on_done(self)
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Call {self.label} {self.state.value} {self.call_id or ''}>".replace(" >", ">")
+
+
+class Reports:
+    """One thread that handles what backends report on calls, in order: decoding results and
+    telling redun happen there, never on a backend's I/O loop."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, report: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._handle, name="redun-modal-results", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(report)
+
+    def drain(self) -> None:
+        """Handle every report queued so far, then end the thread (a later put restarts it)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _handle(self) -> None:
+        while (report := self._queue.get()) is not None:
+            report()
