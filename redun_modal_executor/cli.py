@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
+from redun_modal_executor.backends import backend_class, create_backend
 from redun_modal_executor.config import ConfigError, ExecutorConfig
 from redun_modal_executor.errors import LaunchError
 
@@ -34,13 +36,24 @@ def modal_executor_configs(config_dir: str | None) -> list[ExecutorConfig]:
     ]
 
 
+def _deployed_configs(args: argparse.Namespace) -> list[ExecutorConfig]:
+    """The sections of this executor whose backend has an app to deploy."""
+    return [
+        config
+        for config in modal_executor_configs(args.config)
+        if backend_class(config.backend).deploys
+    ]
+
+
 def deploy_command(args: argparse.Namespace) -> int:
-    from redun_modal_executor.modal_app import deploy, function_name
+    """Build the images configured in redun.ini and deploy the app. Run it once, and again
+    after changing images or dependencies; code changes need no redeploy."""
+    from redun_modal_executor.backends.modal.app import deploy, function_name
 
     configs = [
         config
-        for config in modal_executor_configs(args.config)
-        if config.backend == "modal" and (not args.executor or config.name in args.executor)
+        for config in _deployed_configs(args)
+        if not args.executor or config.name in args.executor
     ]
     if not configs:
         print(
@@ -69,8 +82,12 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 
 def doctor_command(args: argparse.Namespace) -> int:
-    """Check each Modal executor: credentials, deployment, and version agreement."""
-    configs = [c for c in modal_executor_configs(args.config) if c.backend == "modal"]
+    """For each Modal executor in redun.ini: look up the deployed functions (this checks the
+    credentials too) and compare the deployed Python, redun, cloudpickle and payload format
+    versions with this environment's. Exit 1 on a problem."""
+    from redun_modal_executor.backends.modal.app import check_deployment
+
+    configs = _deployed_configs(args)
     if not configs:
         print("No [executors.*] section with `type = modal` and backend = modal to check.")
         return 0
@@ -80,79 +97,21 @@ def doctor_command(args: argparse.Namespace) -> int:
             f"[executors.{config.name}] app {config.app_name!r}, environment "
             f"{config.environment or '(profile default)'}"
         )
-        for check, ok, detail in _doctor_checks(config):
+        for check, ok, detail in check_deployment(config):
             problems += not ok
             print(f"  {'ok  ' if ok else 'FAIL'} {check}: {detail}")
     print("all good" if not problems else f"{problems} problem(s) found")
     return 0 if not problems else 1
 
 
-def _doctor_checks(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:
-    import modal
-    import modal.exception
-
-    from redun_modal_executor.modal_app import (
-        MANIFEST_KEY,
-        code_dict_name,
-        deployment_manifest,
-        function_name,
-    )
-
-    for image in config.images:
-        name = function_name(image)
-        try:
-            modal.Function.from_name(
-                config.app_name, name, environment_name=config.environment
-            ).hydrate()
-        except modal.exception.AuthError as error:
-            yield (
-                "credentials",
-                False,
-                f"{error}: run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET",
-            )
-            return
-        except modal.exception.NotFoundError:
-            yield f"function {name}", False, "not deployed: run `redun-modal deploy`"
-            continue
-        yield f"function {name}", True, "deployed"
-    try:
-        manifests = modal.Dict.from_name(
-            code_dict_name(config), environment_name=config.environment
-        )
-        deployed = manifests.get(MANIFEST_KEY)
-    except modal.exception.NotFoundError:
-        deployed = None
-    if deployed is None:
-        yield (
-            "versions",
-            False,
-            (
-                "no deployment record (never deployed with this package, or unused longer than "
-                "Modal keeps Dict entries): run `redun-modal deploy`"
-            ),
-        )
-        return
-    ours = deployment_manifest(config)
-    for key in ("python", "redun", "cloudpickle", "payload_format", "redun_modal_executor"):
-        same = deployed.get(key) == ours[key]
-        detail = (
-            ours[key]
-            if same
-            else (
-                f"image has {deployed.get(key)}, client has {ours[key]}: redeploy with "
-                "`redun-modal deploy` from this environment"
-            )
-        )
-        yield key, same, detail
-
-
 def plan_command(args: argparse.Namespace) -> int:
-    """Show where each task of a workflow would run, without calling Modal."""
+    """Import the workflow and print, for each of its tasks, the executor, backend, image
+    (function) and resources it would get, checking task options as the executor would.
+    Calls nothing. Exit 1 if an option is invalid."""
     from redun.cli import import_script, setup_config
     from redun.task import get_task_registry
 
     from redun_modal_executor.config import TaskOptionError, resolve_call_options
-    from redun_modal_executor.modal_app import function_name
 
     config = setup_config(args.config, initialize=False)
     sections = config.get("executors", {})
@@ -180,11 +139,7 @@ def plan_command(args: argparse.Namespace) -> int:
             problems += 1
             print(f"{task.fullname}: ERROR {error}")
             continue
-        where = (
-            f"Modal app {executor_config.app_name!r}, function {function_name(options.image)}"
-            if executor_config.backend == "modal"
-            else f"local worker processes (max_workers {executor_config.max_workers or 'CPUs'})"
-        )
+        where = create_backend(executor_config).describe(options)
         settings = ", ".join(f"{k}={v}" for k, v in options.set_options().items()) or "defaults"
         print(f"{task.fullname}: executor {executor!r} -> {where}; {settings}")
     return 0 if not problems else 1
@@ -206,9 +161,12 @@ STATUS_EXIT = {"succeeded": 0, "failed": 1, "running": 3}
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from redun_modal_executor.launched import outcome
+    """Print the state of a call started by `redun launch` and, once it has ended, the
+    launched command's output or its error. Exit 0 if it succeeded, 1 if it failed, 3 if it
+    is still running."""
+    from redun_modal_executor.launch.follow import outcome
 
-    found = outcome(_launch_config(args), args.call_id, wait=args.wait)
+    found = outcome(create_backend(_launch_config(args)), args.call_id, wait=args.wait)
     print(f"{args.call_id}: {found.state}")
     if found.text:
         print(found.text.rstrip("\n"))
@@ -216,26 +174,42 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def logs_command(args: argparse.Namespace) -> int:
-    from redun_modal_executor.launched import log_lines
-
-    for line in log_lines(_launch_config(args), args.call_id, LOG_ENTRIES):
+    """Print the output of a call started by `redun launch` (on Modal, its last 1000 log
+    entries)."""
+    backend = create_backend(_launch_config(args))
+    for line in backend.log_lines(args.call_id, LOG_ENTRIES):
         sys.stdout.write(line if line.endswith("\n") else line + "\n")
     return 0
 
 
 def pull_command(args: argparse.Namespace) -> int:
+    """Copy the sqlite database that launched schedulers keep on scheduler_volume and merge
+    its records into this project's database, so that `redun log` and `redun console` show
+    the launched runs. Safe to repeat."""
     from redun.cli import setup_scheduler
 
-    from redun_modal_executor.launched import pull_records
+    from redun_modal_executor.launch.follow import pull_records
 
     config = _launch_config(args)
     destination = setup_scheduler(args.config, migrate_if_local=True).backend
-    count = pull_records(config, destination)
+    count = pull_records(config, create_backend(config), destination)
     print(
         f"Pulled {count} new record(s) from volume {config.scheduler_volume_name!r}; "
         "`redun log` and `redun console` show them."
     )
     return 0
+
+
+# Each command: what it runs, and its one-line help; its description is the function's docstring.
+COMMANDS = {
+    "deploy": (deploy_command, "deploy (or redeploy) the Modal app with the generic function"),
+    "doctor": (doctor_command, "check credentials, the deployed app, and versions agree"),
+    "plan": (plan_command, "show where each task of a workflow would run, calling nothing"),
+    "status": (status_command, "say whether a launched scheduler runs, succeeded or failed"),
+    "logs": (logs_command, "print a launched scheduler's log"),
+    "pull": (pull_command, "merge launched schedulers' records into the local database"),
+}
+CALL_ID_HELP = "the call id `redun launch` printed"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,71 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", help="redun config dir (default: as redun finds it, usually .redun)"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    deploy = commands.add_parser(
-        "deploy",
-        help="deploy (or redeploy) the Modal app with the generic worker function",
-        description="Build the images configured in redun.ini and deploy the app. Run it once, "
-        "and again after changing images or dependencies; code changes need no redeploy.",
-    )
-    deploy.add_argument(
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    commands = {}
+    for name, (run, summary) in COMMANDS.items():
+        description = inspect.getdoc(run)
+        commands[name] = subparsers.add_parser(name, help=summary, description=description)
+        commands[name].set_defaults(run=run)
+    commands["deploy"].add_argument(
         "--executor", action="append", help="only this [executors.NAME] section (repeatable)"
     )
-    deploy.set_defaults(run=deploy_command)
-    doctor = commands.add_parser(
-        "doctor",
-        help="check credentials, the deployed app, and that its versions match this client",
-        description="For each Modal executor in redun.ini: look up the deployed functions "
-        "(this checks the credentials too) and compare the deployed Python, redun, "
-        "cloudpickle and payload format versions with this environment's. Exit 1 on a "
-        "problem.",
-    )
-    doctor.set_defaults(run=doctor_command)
-    plan = commands.add_parser(
-        "plan",
-        help="show where each task of a workflow would run, without calling Modal",
-        description="Import the workflow and print, for each of its tasks, the executor, "
-        "backend, image (function) and resources it would get, checking task options as "
-        "the executor would. Calls nothing. Exit 1 if an option is invalid.",
-    )
-    plan.add_argument("workflow", help="workflow file or module, as for `redun run`")
-    plan.set_defaults(run=plan_command)
-
-    def launch_command(name: str, **kwargs: str) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, **kwargs)
-        command.add_argument(
+    commands["plan"].add_argument("workflow", help="workflow file or module, as for `redun run`")
+    for name in ("status", "logs", "pull"):
+        commands[name].add_argument(
             "--executor",
             help="the [executors.NAME] section launches used (default: `default`, else the "
             "first with type = modal)",
         )
-        return command
-
-    status = launch_command(
-        "status",
-        help="say whether a launched scheduler is running, succeeded or failed",
-        description="Print the state of a call started by `redun launch` and, once it has "
-        "ended, the launched command's output or its error. Exit 0 if it succeeded, 1 if "
-        "it failed, 3 if it is still running.",
-    )
-    status.add_argument("call_id", help="the call id `redun launch` printed")
-    status.add_argument("--wait", action="store_true", help="wait for the call to end")
-    status.set_defaults(run=status_command)
-    logs = launch_command(
-        "logs",
-        help="print a launched scheduler's log",
-        description=f"Print the output of a call started by `redun launch` (on Modal, its "
-        f"last {LOG_ENTRIES} log entries).",
-    )
-    logs.add_argument("call_id", help="the call id `redun launch` printed")
-    logs.set_defaults(run=logs_command)
-    pull = launch_command(
-        "pull",
-        help="merge launched schedulers' records into the local redun database",
-        description="Copy the sqlite database that launched schedulers keep on "
-        "scheduler_volume and merge its records into this project's database, so that "
-        "`redun log` and `redun console` show the launched runs. Safe to repeat.",
-    )
-    pull.set_defaults(run=pull_command)
+    for name in ("status", "logs"):
+        commands[name].add_argument("call_id", help=CALL_ID_HELP)
+    commands["status"].add_argument("--wait", action="store_true", help="wait for the call to end")
     return parser
 
 
