@@ -7,6 +7,7 @@ starts with the key, as in ``timeout must be a positive number of seconds``.
 from __future__ import annotations
 
 import difflib
+import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -121,6 +122,27 @@ def words(value: Any) -> tuple[str, ...]:
     items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
     if not all(isinstance(item, str) and item for item in items):
         raise ValueError(f"must be a list of names; got {value!r}")
+    return tuple(items)
+
+
+def patterns(value: Any) -> tuple[str, ...]:
+    """Glob patterns from a list, or from an ini string split as redun splits its
+    ``code_includes`` / ``code_excludes``: ``shlex.split``, so whitespace separates and shell
+    quotes keep a pattern with spaces whole."""
+    if isinstance(value, str):
+        try:
+            items = shlex.split(value)
+        except ValueError as error:  # shlex's "No closing quotation" and the like.
+            raise ValueError(
+                "must be glob patterns separated by spaces, quoted as in a shell "
+                f"({str(error).lower()}); got {value!r}"
+            ) from None
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f"must be a list of glob patterns; got {value!r}")
+    if not all(isinstance(item, str) and item for item in items):
+        raise ValueError(f"must be a list of glob patterns; got {value!r}")
     return tuple(items)
 
 

@@ -109,16 +109,19 @@ class ExecutorConfig:
     )
     code_includes: tuple[str, ...] = setting(
         ("**/*.py",),
-        parsers.words,
+        parsers.patterns,
         "Glob patterns (relative to the directory ``redun`` runs in) of the files in the code "
-        "package. Same key as redun's code packaging.",
+        "package. Same key and meaning as in redun's code packaging: patterns are separated "
+        "by spaces and quoted as in a shell, and ``**`` matches any number of directories.",
     )
     code_excludes: tuple[str, ...] = setting(
         (),
-        parsers.words,
-        "Glob patterns to leave out of the code package (directories named ``__pycache__``, "
-        "``site-packages``, ``node_modules``, ``venv``, ``env``, ``build`` or ``dist``, and "
-        "virtualenvs, always are).",
+        parsers.patterns,
+        "Glob patterns, written as ``code_includes``, of files to leave out of the code "
+        "package: a file is left out if a pattern matches it, as in redun (``flows/*`` leaves "
+        "out the files in ``flows``, ``flows/**`` also those below it). Directories named "
+        "``__pycache__``, ``site-packages``, ``node_modules``, ``venv``, ``env``, ``build`` or "
+        "``dist``, and virtualenvs, are always left out.",
     )
     progress_interval: float = setting(
         30.0,
