@@ -61,7 +61,7 @@ def _executor_settings_rst():
     rows = [
         (
             f"``{setting.name}``",
-            setting.default.replace("*", r"\*"),
+            setting.shown.replace("*", r"\*"),
             "yes" if setting.task_option else "no",
             setting.doc,
         )
@@ -72,7 +72,7 @@ def _executor_settings_rst():
 
 def _task_options_rst():
     rows = [
-        (f"``{name}``", setting.default, setting.doc)
+        (f"``{name}``", setting.shown, setting.doc)
         for name, setting in sorted(rmx_config.TASK_OPTIONS.items())
     ]
     text = _table(("Option", "Executor default", "Meaning"), rows, (15, 20, 65))

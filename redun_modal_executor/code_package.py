@@ -1,15 +1,14 @@
 """Code shipping: the workflow's Python files as one content-addressed zip.
 
-The client zips the files under its working directory that match ``code_includes`` (redun's
-own key, default ``**/*.py``), names the zip by its SHA-256 and uploads it once per version
-(to a Modal Dict). Each call payload names the digest; a container downloads and unpacks a
-digest once, puts it first on ``sys.path`` and imports task modules from there, so edited code
-runs remotely without redeploying the image.
+The client zips the files under its working directory that redun's own code packaging picks
+for ``code_includes`` / ``code_excludes`` (redun's keys; default ``**/*.py``), names the zip by
+its SHA-256 and uploads it once per version (to a Modal Dict). Each call payload names the
+digest; a container downloads and unpacks a digest once, puts it first on ``sys.path`` and
+imports task modules from there, so edited code runs remotely without redeploying the image.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import hashlib
 import io
@@ -19,6 +18,8 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from redun.executors.code_packaging import find_code_files
 
 from redun_modal_executor.errors import CodePackageError
 
@@ -49,16 +50,7 @@ def build_code_package(
 ) -> CodePackage:
     """Zip the matching files under ``root``; deterministic for the same files and contents."""
     root = Path(root).resolve()
-    excludes = tuple(excludes)
-    paths: set[str] = set()
-    for pattern in includes:
-        for match in glob.glob(pattern, root_dir=root, recursive=True):
-            if (
-                (root / match).is_file()
-                and not _in_excluded_directory(root, match)
-                and not any(fnmatch.fnmatch(match, exclude) for exclude in excludes)
-            ):
-                paths.add(match)
+    paths = _select_files(root, includes, excludes)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for relative in sorted(paths):
@@ -74,6 +66,24 @@ def build_code_package(
         )
     import_paths = _relative_import_paths(root, sys.path if search_path is None else search_path)
     return CodePackage(hashlib.sha256(data).hexdigest(), data, import_paths, len(paths))
+
+
+def _select_files(root: Path, includes: Iterable[str], excludes: Iterable[str]) -> set[str]:
+    """The files under ``root`` that redun's ``find_code_files`` picks (what each include's
+    glob matches, less what each exclude's matches), relative to ``root``, less the files in
+    always-excluded directories. An absolute or ``..`` pattern reaches nothing outside root."""
+    # redun globs os.path.join(basedir, pattern): escaped, the root's own path matches only
+    # itself, whatever characters it holds.
+    found = find_code_files(glob.escape(str(root)), list(includes), list(excludes))
+    selected: set[str] = set()
+    for path in found:
+        relative = os.path.relpath(path, root)
+        if relative.split(os.sep)[0] == os.pardir:
+            continue
+        relative = Path(relative).as_posix()
+        if (root / relative).is_file() and not _in_excluded_directory(root, relative):
+            selected.add(relative)
+    return selected
 
 
 def _in_excluded_directory(root: Path, relative: str) -> bool:

@@ -1,4 +1,7 @@
+import configparser
+
 import pytest
+from redun.executors.code_packaging import parse_code_package_config
 
 from redun_modal_executor.config import (
     CallOptions,
@@ -84,12 +87,38 @@ def test_accepts_redun_046_class_key():
         ({"image": "gpu"}, "image 'gpu' is not configured. Configured images: default."),
         ({"ship_code": "maybe"}, "ship_code must be true or false; got 'maybe'"),
         ({"volumes": "data"}, "volumes must be written /mount/path=volume-name; got 'data'"),
+        (
+            {"code_excludes": "'my notes/**"},
+            "code_excludes must be glob patterns separated by spaces, quoted as in a shell "
+            "(no closing quotation)",
+        ),
     ],
 )
 def test_bad_config_names_key_and_fix(section, message):
     with pytest.raises(ConfigError) as error:
         ExecutorConfig.from_section("modal", section)
     assert message in str(error.value)
+
+
+def test_code_patterns_are_split_as_redun_splits_them():
+    section = {
+        "code_includes": '"data files/*.csv" **/*.py\n  lib/*.py',
+        "code_excludes": "'my notes/**' flows/*,tests/*",
+    }
+    config = ExecutorConfig.from_section("modal", section)
+    assert config.code_includes == ("data files/*.csv", "**/*.py", "lib/*.py")
+    assert config.code_excludes == ("my notes/**", "flows/*,tests/*")  # A comma is no separator.
+    # What `redun launch --code-package` reads from the same section.
+    ini = configparser.ConfigParser()
+    ini.read_dict({"executors.modal": section})
+    redun_reads = parse_code_package_config(ini["executors.modal"])
+    assert redun_reads == {
+        "includes": list(config.code_includes),
+        "excludes": list(config.code_excludes),
+    }
+    # Lists from Python are taken as they are.
+    config = ExecutorConfig.from_section("modal", {"code_includes": ["my notes/*.py"]})
+    assert config.code_includes == ("my notes/*.py",)
 
 
 def test_task_option_wins_over_executor_default():

@@ -33,7 +33,7 @@ from redun_modal_executor.backends.modal.explain import (
 from redun_modal_executor.backends.modal.pollers import Pollers
 from redun_modal_executor.calls import Call
 from redun_modal_executor.code_package import CodePackage
-from redun_modal_executor.config import CallOptions
+from redun_modal_executor.config import PASSTHROUGH_MODAL_OPTIONS, CallOptions
 from redun_modal_executor.errors import (
     AppNotDeployedError,
     CallCancelledError,
@@ -51,7 +51,7 @@ def modal_options(options: CallOptions, environment: str | None) -> dict[str, An
     kwargs: dict[str, Any] = {}
     if options.timeout is not None:
         kwargs["timeout"] = math.ceil(options.timeout)
-    for name in ("gpu", "cpu", "memory", "retries", "region", "cloud", "max_containers"):
+    for name in PASSTHROUGH_MODAL_OPTIONS:
         value = getattr(options, name)
         if value is not None:
             kwargs[name] = value
