@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import LOCAL_CONFIG
+from helpers import LOCAL_CONFIG, final_line, ran
 
 pytestmark = pytest.mark.e2e
 
@@ -36,15 +36,6 @@ def total(values: list) -> int:
 def main(n: int = 6) -> dict:
     return {"total": total([square(i) for i in range(n)]), "word": bracket(shout("hi"))}
 """
-
-
-def ran(output: str, task: str) -> int:
-    """How many jobs of `task` were dispatched (not served from the cache)."""
-    return len(re.findall(rf"\] Run +Job \w+: +{task}\(", output))
-
-
-def final_line(output: str) -> str:
-    return output.strip().splitlines()[-1]
 
 
 def test_results_then_fully_cached_rerun(project):

@@ -9,17 +9,22 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import modal
 import pytest
-from conftest import LOCAL_CONFIG, REDUN, Project
-from test_e2e import final_line
-from test_modal_e2e import APP, TARGET
-from test_modal_e2e import WORKFLOW as SUM_OF_SQUARES
+from helpers import (
+    APP,
+    LOCAL_CONFIG,
+    REDUN,
+    SUM_OF_SQUARES,
+    TARGET,
+    Project,
+    final_line,
+    launch,
+    redun_modal,
+)
 
 from redun_modal_executor.config import CallOptions, ExecutorConfig
 from redun_modal_executor.db_lock import DictLock, FileLock, Holder
@@ -28,8 +33,6 @@ from redun_modal_executor.launch import database_spec, launch_options
 from redun_modal_executor.remote_scheduler import _set_db_uri, run_launch
 
 pytestmark = pytest.mark.e2e
-
-REDUN_MODAL = str(Path(sys.executable).with_name("redun-modal"))
 
 WORKFLOW = (
     "import time\nfrom pathlib import Path\n"
@@ -48,29 +51,6 @@ def fails() -> None:
     raise ValueError("the launched workflow failed on purpose")
 """
 )
-
-
-def redun_modal(project: Project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    process = subprocess.run(
-        [REDUN_MODAL, *args],
-        cwd=project.root,
-        env=project.environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=180,
-    )
-    if check and process.returncode != 0:
-        raise AssertionError(f"redun-modal {' '.join(args)} failed:\n{process.stdout}")
-    return process
-
-
-def launch(project: Project, *command: str, executor: str = "default") -> str:
-    """Start a detached launch; return its call id."""
-    output = project.redun("launch", "--executor", executor, *command).stdout
-    found = re.search(r"launched scheduler call ([lf]c-\w+)", output)
-    assert found, output
-    return found.group(1)
 
 
 def stop_local_launch(project: Project, call_id: str) -> None:

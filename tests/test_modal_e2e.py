@@ -9,50 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_e2e import final_line, ran
+from helpers import APP, MODAL_CONFIG, SUM_OF_SQUARES, final_line, ran
 
 pytestmark = pytest.mark.e2e
 
-APP = "redun-modal-executor"
-TARGET = "redun_modal_executor.modal_app:run_job"
-
-MODAL_CONFIG = """\
-[executors.default]
-type = modal
-image.gpu.pip = torch
-"""
-
-
-@pytest.fixture
-def modal_project(project, fake_modal):
-    """A project whose default executor is the Modal backend, with the app "deployed"."""
-    project.write(".redun/redun.ini", MODAL_CONFIG)
-    fake_modal.register_function(APP, "run_job", TARGET)
-    fake_modal.register_function(APP, "run_job_gpu", TARGET)
-    fake_modal.register_secret("hf-token", {"HF_TOKEN": "not-a-real-token"})
-    fake_modal.register_volume("my-volume")
-    return project
-
-
-WORKFLOW = """\
-from redun import task
-
-@task
-def square(x: int) -> int:
-    return x * x
-
-@task
-def main(n: int = 4) -> int:
-    return sum_all([square(i) for i in range(n)])
-
-@task
-def sum_all(values: list) -> int:
-    return sum(values)
-"""
-
 
 def test_workflow_runs_on_modal_and_reruns_from_cache_without_rpcs(modal_project, fake_modal):
-    modal_project.write("wf.py", WORKFLOW)
+    modal_project.write("wf.py", SUM_OF_SQUARES)
     output = modal_project.redun("run", "wf.py", "main").stdout
     assert final_line(output) == "14"
     assert ran(output, "square") == 4
@@ -195,7 +158,7 @@ def test_edited_code_runs_without_redeploy(modal_project, fake_modal):
 
 def test_app_not_deployed_says_how_to_deploy(project, fake_modal):
     project.write(".redun/redun.ini", MODAL_CONFIG)
-    project.write("wf.py", WORKFLOW)
+    project.write("wf.py", SUM_OF_SQUARES)
     process = project.redun("run", "wf.py", "main", check=False)
     assert process.returncode != 0
     assert "AppNotDeployedError: Task main: the Modal app 'redun-modal-executor' has no " in (
@@ -209,7 +172,7 @@ def test_missing_credentials_say_how_to_set_a_token(modal_project, monkeypatch, 
     monkeypatch.delenv("MODAL_TOKEN_SECRET")
     (tmp_path / "empty.toml").write_text("")
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "empty.toml"))
-    modal_project.write("wf.py", WORKFLOW)
+    modal_project.write("wf.py", SUM_OF_SQUARES)
     process = modal_project.redun("run", "wf.py", "main", check=False)
     assert process.returncode != 0
     assert "ModalAuthError" in process.stdout

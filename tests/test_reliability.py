@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from grpclib import Status
-from test_e2e import final_line, ran
-from test_modal_e2e import APP, MODAL_CONFIG, TARGET
+from helpers import APP, MODAL_CONFIG, TARGET, final_line, ran
 
 pytestmark = pytest.mark.e2e
 
