@@ -95,29 +95,6 @@ def test_big_values_travel_through_blobs(modal_project, fake_modal):
     assert fake_modal.rpc_counts["BlobGet"] >= 1  # and the big result came down as one
 
 
-def test_remote_exception_keeps_type_message_and_traceback(modal_project):
-    modal_project.write(
-        "wf.py",
-        """\
-        from redun import task
-
-        @task
-        def fails(x: int) -> int:
-            print("checking", x)
-            raise KeyError(f"no sample {x}")
-
-        @task
-        def main() -> int:
-            return fails(7)
-        """,
-    )
-    process = modal_project.redun("run", "wf.py", "main", check=False)
-    assert process.returncode != 0
-    assert "KeyError: 'no sample 7'" in process.stdout
-    assert 'raise KeyError(f"no sample {x}")' in process.stdout
-    assert "checking 7" in process.stdout
-
-
 def test_timeout_names_the_option_and_the_call(modal_project):
     modal_project.write(
         "wf.py",
