@@ -253,6 +253,7 @@ scheduler_sync_interval = 1
     # The container runs the scheduler with the project's [executors.default]: local workers
     # inside it. `redun` by path: the fake's workers need not have it on PATH.
     command = (REDUN, "run", "wf.py", "wait_for", "--path", str(release))
+    began = time.monotonic()
     first = launch(project, *command, executor="modal")
     assert first.startswith("fc-")
 
@@ -269,10 +270,14 @@ scheduler_sync_interval = 1
 
     release.touch()
     status = redun_modal(project, "status", "--executor", "modal", "--wait", first).stdout
+    lived = time.monotonic() - began  # The launch ran within this time.
     assert "released" in status
     assert fake_modal.rpc_counts["FunctionCallCancel"] == 0
     assert fake_modal.inputs_cancelled == 0
-    assert fake_modal.rpc_counts["VolumeCommit"] >= 1
+    # The launch commits the Volume after each periodic sync, at most one a second (the
+    # interval) while its command runs, and once when the command has ended: how many periodic
+    # ones fit depends on how fast this machine runs the steps above, the bound does not.
+    assert 1 <= fake_modal.rpc_counts["VolumeCommit"] <= 1 + int(lived)
     assert not lock_taken()
     pulled = redun_modal(project, "pull", "--executor", "modal").stdout
     assert re.search(r"Pulled [1-9]\d* new record\(s\)", pulled)

@@ -89,7 +89,9 @@ def test_sigint_mid_fan_out_stops_every_local_worker(project):
     project.write("wf.py", FAN_OUT)  # Two workers (the project's max_workers), 50 naps.
     output = interrupt_when(project, lambda: len(local_workers(project)) == 2)
     cancelled = re.search(r"cancelled (\d+) call\(s\) still in flight", output)
-    assert cancelled and int(cancelled.group(1)) >= 2  # At least the two naps running.
+    # The two naps running, and those queued by then: how many the scheduler had submitted when
+    # SIGINT came varies; main had finished, so at most the 50 naps.
+    assert cancelled and 2 <= int(cancelled.group(1)) <= 50
     assert local_workers(project) == []
 
 
