@@ -1,6 +1,6 @@
 """What the test modules share: a throwaway redun project and the `redun` and `redun-modal`
-commands run in it as a user would, the configs and names of the "deployed" app, and readers of
-`redun`'s output. Fixtures are in conftest.py; test modules import from
+commands run in it as a user would, the configs and names of the "deployed" app, readers of
+`redun`'s output, and a bounded wait. Fixtures are in conftest.py; test modules import from
 here, never from one another."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +133,26 @@ def ran(output: str, task: str) -> int:
 
 def final_line(output: str) -> str:
     return output.strip().splitlines()[-1]
+
+
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = 10.0,
+    *,
+    process: subprocess.Popen | None = None,
+    interval: float = 0.02,
+) -> None:
+    """Return as soon as `condition()` holds; AssertionError once `timeout` seconds have passed,
+    or at once if `process` (the one expected to bring the condition about) has exited.
+
+    For state another process changes (files, a database, a fake's counters), which no event in
+    this process can signal: it is checked every `interval` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            output = process.communicate()[0] if process.stdout is not None else ""
+            raise AssertionError(f"exited ({process.returncode}) first:\n{output}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -24,6 +24,7 @@ from helpers import (
     final_line,
     launch,
     redun_modal,
+    wait_for,
 )
 
 from redun_modal_executor.config import CallOptions, ExecutorConfig
@@ -135,10 +136,7 @@ def test_ctrl_c_on_a_waited_launch_saves_its_database_first(project, tmp_path):
     release = tmp_path / "release"
     command = ("redun", "run", "wf.py", "both", "--path", str(release))
     client = project.start("launch", "--executor", "default", "--wait", *command)
-    deadline = time.monotonic() + 60
-    while not Path(f"{release}.started").exists():
-        assert time.monotonic() < deadline and client.poll() is None, client.stdout.read()
-        time.sleep(0.1)
+    wait_for(Path(f"{release}.started").exists, timeout=60, process=client)
     client.send_signal(signal.SIGINT)
     output, _ = client.communicate(timeout=60)
     release.touch()  # For the stopped scheduler's worker, if it outlived its scheduler.

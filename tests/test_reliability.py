@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from grpclib import Status
-from helpers import APP, MODAL_CONFIG, TARGET, final_line, ran
+from helpers import APP, MODAL_CONFIG, TARGET, final_line, ran, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -48,11 +47,7 @@ def interrupt_when(project, condition, *args: str) -> str:
     """Run `redun run wf.py main ...`, send SIGINT once `condition()` holds; return output."""
     process = project.start("run", "wf.py", "main", *args)
     try:
-        deadline = time.monotonic() + 120
-        while not condition():
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "condition never held"
-            time.sleep(0.05)
+        wait_for(condition, timeout=120, process=process)
         process.send_signal(signal.SIGINT)
         return process.communicate(timeout=90)[0]
     finally:
