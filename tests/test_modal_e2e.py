@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import APP, MODAL_CONFIG, SUM_OF_SQUARES, final_line, ran
+from helpers import APP, MODAL_CONFIG, SUM_OF_SQUARES, final_line, ran, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -197,11 +197,21 @@ def total(values: list) -> int:
 
 
 def kill_mid_run(project, fake_modal) -> None:
-    """Start `redun run wf.py main`, SIGKILL it once its naps are spawned and recorded."""
+    """Start `redun run wf.py main`, SIGKILL it once its naps run and are recorded."""
     process = project.start("run", "wf.py", "main", capture=False)
+
+    def recorded() -> bool:
+        # main's call and three naps, each recorded for reattaching soon after its spawn; and
+        # each nap job tagged with its call, which redun's scheduler thread writes on its own
+        # schedule (queued before the record, written maybe after it).
+        return (
+            fake_modal.running == 3
+            and inflight_rows(project) == 4
+            and len(call_tags(project, "nap")) == 3
+        )
+
     try:
-        # main's call and three naps, each recorded as soon as it was spawned.
-        fake_modal.wait_until(lambda: inflight_rows(project) == 4, timeout=60)
+        wait_for(recorded, timeout=60, process=process)
     finally:
         process.kill()  # SIGKILL: no stop(), no cancel, the naps keep running on "Modal".
         process.wait()
