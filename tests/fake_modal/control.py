@@ -38,7 +38,7 @@ from .records import (
     LogSource,
     Variant,
 )
-from .workers import Worker, WorkerDied, WorkerPool
+from .workers import Stream, Worker, WorkerDied, WorkerPool
 
 Generic = api_pb2.GenericResult
 _DATA_FORMATS = [api_pb2.DATA_FORMAT_PICKLE, api_pb2.DATA_FORMAT_CBOR]
@@ -698,7 +698,7 @@ class ControlPlane:
         run = asyncio.ensure_future(worker.run(request))
         try:
             if fault is not None and fault.on_output is not None:
-                seen = asyncio.ensure_future(self._output_seen(record, fault.on_output))
+                seen = self._output_seen(worker, fault.on_output)
                 try:
                     await asyncio.wait(
                         {run, seen}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -739,15 +739,20 @@ class ControlPlane:
         return _Outcome(kind, reply=reply, task_id=task_id, started_at=started_at)
 
     @staticmethod
-    async def _output_seen(record: InputRecord, text: str) -> None:
-        """Return once the current attempt of `record` has written a line containing `text`."""
-        attempt, checked = record.attempts, 0
-        while True:
-            lines = record.logs[checked:]
-            checked += len(lines)
-            if any(line.attempt == attempt and text in line.text for line in lines):
-                return
-            await asyncio.sleep(0.02)
+    def _output_seen(worker: Worker, text: str) -> asyncio.Future[None]:
+        """A future done as soon as `worker`, in this attempt, writes a line containing `text`
+        (its log sink, which keeps the attempt's log, is wrapped for the attempt)."""
+        seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        keep = worker.log_sink
+
+        def watch(stream: Stream, timestamp_ns: int, line: str) -> None:
+            if keep is not None:
+                keep(stream, timestamp_ns, line)
+            if text in line and not seen.done():
+                seen.set_result(None)
+
+        worker.log_sink = watch
+        return seen
 
     async def _stop(self, worker: Worker, run: asyncio.Future[Any]) -> None:
         assert self._pool is not None
