@@ -17,9 +17,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from grpclib import GRPCError, Status
 from modal._utils.blob_utils import MAX_ASYNC_OBJECT_SIZE_BYTES, MAX_OBJECT_SIZE_BYTES
@@ -34,6 +34,7 @@ from .records import (
     FaultKind,
     FunctionSpec,
     InputRecord,
+    InputState,
     LogLine,
     LogSource,
     Variant,
@@ -41,6 +42,8 @@ from .records import (
 from .workers import Stream, Worker, WorkerDied, WorkerPool
 
 Generic = api_pb2.GenericResult
+K = TypeVar("K")
+V = TypeVar("V")
 _DATA_FORMATS = [api_pb2.DATA_FORMAT_PICKLE, api_pb2.DATA_FORMAT_CBOR]
 _OutcomeKind = Literal["success", "failure", "timeout", "crash", "internal_failure", "preempted"]
 _FILE_DESCRIPTORS: dict[LogSource, api_pb2.FileDescriptor.ValueType] = {
@@ -53,6 +56,14 @@ _FILE_DESCRIPTORS: dict[LogSource, api_pb2.FileDescriptor.ValueType] = {
 def new_id(prefix: str) -> str:
     """A Modal-looking object id, e.g. "fc-6f1c..."."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _found(table: Mapping[K, V], key: K, message: str) -> V:
+    """`table[key]`, or NOT_FOUND with `message`, as the real server answers."""
+    value = table.get(key)
+    if value is None:
+        raise GRPCError(Status.NOT_FOUND, message)
+    return value
 
 
 @dataclasses.dataclass
@@ -308,17 +319,12 @@ class ControlPlane:
                 Status.NOT_FOUND,
                 f"App '{app}' not found in environment '{environment}'",
             )
-        spec = self.functions.get((environment, app, name))
-        if spec is None:
-            raise GRPCError(Status.NOT_FOUND, f"Function '{name}' not found in app '{app}'")
-        return spec
+        key = (environment, app, name)
+        return _found(self.functions, key, f"Function '{name}' not found in app '{app}'")
 
     def variant(self, function_id: str) -> Variant:
         """The function (or bound variant) with this id, or NOT_FOUND."""
-        variant = self.variants.get(function_id)
-        if variant is None:
-            raise GRPCError(Status.NOT_FOUND, f"Function '{function_id}' not found")
-        return variant
+        return _found(self.variants, function_id, f"Function '{function_id}' not found")
 
     def handle_metadata(self, variant: Variant) -> api_pb2.FunctionHandleMetadata:
         """What the client hydrates a Function handle with."""
@@ -413,9 +419,7 @@ class ControlPlane:
         return record
 
     def dict_by_id(self, dict_id: str) -> NamedObject:
-        if dict_id not in self.dicts:
-            raise GRPCError(Status.NOT_FOUND, f"Dict {dict_id} not found")
-        return self.dicts[dict_id]
+        return _found(self.dicts, dict_id, f"Dict {dict_id} not found")
 
     def _named(
         self,
@@ -452,10 +456,7 @@ class ControlPlane:
 
     def call(self, call_id: str) -> CallRecord:
         """The function call with this id, or NOT_FOUND."""
-        call = self.calls.get(call_id)
-        if call is None:
-            raise GRPCError(Status.NOT_FOUND, f"Function call '{call_id}' not found")
-        return call
+        return _found(self.calls, call_id, f"Function call '{call_id}' not found")
 
     def put_inputs(
         self, call: CallRecord, items: Iterable[api_pb2.FunctionPutInputsItem]
@@ -795,36 +796,42 @@ class ControlPlane:
 
     async def _finish(self, call: CallRecord, record: InputRecord, outcome: _Outcome) -> None:
         result, data_format = self._result(call, outcome)
-        record.output = api_pb2.FunctionGetOutputsItem(
-            result=result,
-            idx=record.idx,
-            input_id=record.input_id,
+        self._give_output(
+            record,
+            "done",
+            result,
             data_format=data_format,
             task_id=outcome.task_id,
             input_started_at=outcome.started_at,
-            output_created_at=time.time(),
-            retry_count=record.retry_count,
         )
-        record.state = "done"
         self.inputs_finished += 1
         await self._notify(call)
 
     async def _finish_cancelled(self, call: CallRecord, record: InputRecord) -> None:
         # What a container reports for a cancelled input (container_io_manager.py):
         # GENERIC_STATUS_TERMINATED with no data; the client raises RemoteError for it.
+        terminated = Generic(
+            status=Generic.GENERIC_STATUS_TERMINATED,
+            exception=f"Input {record.input_id} was cancelled",
+        )
+        self._give_output(record, "cancelled", terminated)
+        self.inputs_cancelled += 1
+        await self._notify(call)
+
+    @staticmethod
+    def _give_output(
+        record: InputRecord, state: InputState, result: api_pb2.GenericResult, **fields: Any
+    ) -> None:
+        """The input's output, which FunctionGetOutputs hands out from now on."""
         record.output = api_pb2.FunctionGetOutputsItem(
-            result=Generic(
-                status=Generic.GENERIC_STATUS_TERMINATED,
-                exception=f"Input {record.input_id} was cancelled",
-            ),
+            result=result,
             idx=record.idx,
             input_id=record.input_id,
             output_created_at=time.time(),
             retry_count=record.retry_count,
+            **fields,
         )
-        record.state = "cancelled"
-        self.inputs_cancelled += 1
-        await self._notify(call)
+        record.state = state
 
     async def _notify(self, call: CallRecord) -> None:
         condition = self._condition(call.call_id)
