@@ -11,6 +11,7 @@ Modal control plane of tests/fake_modal, served from a child process (benchmarks
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import os
@@ -53,48 +54,33 @@ class Contender:
 
 @dataclass(frozen=True)
 class Sizes:
-    repeat: int
-    overhead_jobs: int
-    sleepers: int
-    sleep: float
-    latency: float
-    cached_jobs: int
-    payload: int
-    tiny_payload: int
-    big_repeat: int
-    in_flight: int
-    in_flight_repeat: int
-    traced_in_flight: int
-    in_flight_probe: int
+    """How big and how often: the defaults are the full run's (see docs/benchmarks.md)."""
+
+    repeat: int = 5
+    overhead_jobs: int = 1000
+    sleepers: int = 500
+    sleep: float = 1.0
+    latency: float = 0.1
+    cached_jobs: int = 1000
+    payload: int = 100 * MB
+    tiny_payload: int = 1000
+    big_repeat: int = 3
+    in_flight: int = 10_000
+    in_flight_repeat: int = 1
+    traced_in_flight: int = 500
+    in_flight_probe: int = 1000
 
 
-FULL = Sizes(
-    repeat=5,
-    overhead_jobs=1000,
-    sleepers=500,
-    sleep=1.0,
-    latency=0.1,
-    cached_jobs=1000,
-    payload=100 * MB,
-    tiny_payload=1000,
-    big_repeat=3,
-    in_flight=10_000,
-    in_flight_repeat=1,
-    traced_in_flight=500,
-    in_flight_probe=1000,
-)
-QUICK = Sizes(
+FULL = Sizes()
+QUICK = Sizes(  # Seconds in all: enough to show every scenario still runs.
     repeat=1,
     overhead_jobs=20,
     sleepers=4,
     sleep=0.2,
-    latency=0.1,
     cached_jobs=20,
     payload=1 * MB,
-    tiny_payload=1000,
     big_repeat=1,
     in_flight=50,
-    in_flight_repeat=1,
     traced_in_flight=50,
     in_flight_probe=0,
 )
@@ -722,7 +708,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.repeat:
-        sizes = Sizes(**{**sizes.__dict__, "repeat": args.repeat})
+        sizes = dataclasses.replace(sizes, repeat=args.repeat)
     only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 7))
     workers = os.cpu_count() or 1
 

@@ -7,8 +7,7 @@ the cache (nothing dispatched), so the failure left the redun database consisten
 from __future__ import annotations
 
 import pytest
-from test_e2e import final_line, ran
-from test_modal_e2e import APP, MODAL_CONFIG, TARGET
+from helpers import APP, MODAL_CONFIG, TARGET, final_line, ran
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import sys
 
 import modal
 import pytest
-from test_modal_e2e import APP, MODAL_CONFIG, TARGET
+from helpers import APP, MODAL_CONFIG, TARGET
 
 from redun_modal_executor import cli
 from redun_modal_executor.backends.modal.app import (

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_e2e import ran
+from helpers import ran
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,5 @@
-"""`redun run` and friends as a user runs them, in a temporary project on the local backend.
+"""`redun run` and friends as a user runs them, in a temporary project on the local backend
+(and on the fake Modal too, where a test is parametrized over both backends).
 
 Workflow files here are plain redun: they never import redun_modal_executor.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import LOCAL_CONFIG
+from helpers import APP, LOCAL_CONFIG, final_line, ran
 
 pytestmark = pytest.mark.e2e
 
@@ -38,15 +39,6 @@ def main(n: int = 6) -> dict:
 """
 
 
-def ran(output: str, task: str) -> int:
-    """How many jobs of `task` were dispatched (not served from the cache)."""
-    return len(re.findall(rf"\] Run +Job \w+: +{task}\(", output))
-
-
-def final_line(output: str) -> str:
-    return output.strip().splitlines()[-1]
-
-
 def test_results_then_fully_cached_rerun(project):
     project.write("wf.py", WORKFLOW)
     first = project.redun("run", "wf.py", "main").stdout
@@ -68,7 +60,9 @@ def test_code_change_reruns_only_that_task_and_its_dependents(project):
     assert ran(output, "square") == 0 and ran(output, "total") == 0
 
 
-def test_remote_exception_shows_type_message_traceback_and_logs(project):
+@pytest.mark.parametrize("backend", ["local", "modal"])
+def test_remote_exception_shows_type_message_traceback_and_logs(backend, request):
+    project = request.getfixturevalue("modal_project" if backend == "modal" else "project")
     project.write(
         "wf.py",
         """\
@@ -77,7 +71,7 @@ def test_remote_exception_shows_type_message_traceback_and_logs(project):
         @task
         def fails(x: int) -> int:
             print("about to fail on", x)
-            raise ValueError(f"bad input {x}")
+            raise KeyError(f"no sample {x}")
 
         @task
         def main() -> int:
@@ -87,9 +81,16 @@ def test_remote_exception_shows_type_message_traceback_and_logs(project):
     process = project.redun("run", "wf.py", "main", check=False)
     output = process.stdout
     assert process.returncode != 0
-    assert "ValueError: bad input 3" in output
-    assert 'raise ValueError(f"bad input {x}")' in output  # the remote frame
-    assert "Latest logs:" in output and "about to fail on 3" in output
+    assert "KeyError: 'no sample 3'" in output
+    assert 'raise KeyError(f"no sample {x}")' in output  # the remote frame
+    assert "Latest logs:" in output
+    assert "about to fail on 3" in output.split("Latest logs:", 1)[1]
+    if backend == "modal":
+        fake_modal = request.getfixturevalue("fake_modal")
+        # The task's exception and its output come back in the call's result envelope: Modal
+        # saw a call that returned, so nothing reads the call's log, and nothing runs again.
+        assert fake_modal.rpc_counts["AppFetchLogs"] == 0
+        assert fake_modal.executions[f"{APP}/run_job"] == 2  # main, fails
 
 
 def test_async_task_and_task_defined_inside_a_function(project):

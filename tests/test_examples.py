@@ -5,8 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_e2e import final_line
-from test_launch import launch, redun_modal
+from helpers import final_line, launch, redun_modal
 
 pytestmark = pytest.mark.e2e
 

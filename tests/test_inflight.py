@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from redun_modal_executor import inflight
 from redun_modal_executor.inflight import INFLIGHT_CALLS, InflightCalls
 
+WAIT_SECONDS = 10.0  # For the flusher to get to where a test waits for it; never slept.
+
 
 def database(tmp_path) -> sa.engine.Engine:
     """A sqlite file with redun's cache table, which release reads."""
@@ -26,27 +28,80 @@ def rows(engine: sa.engine.Engine) -> dict[str, str]:
         return dict(connection.execute(query).all())
 
 
-def wait_for(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.01)
+def flushers() -> set[threading.Thread]:
+    """The flusher threads alive now, of every InflightCalls."""
+    return {thread for thread in threading.enumerate() if thread.name == "redun-modal-reattach"}
+
+
+class Writes:
+    """Stands in for `InflightCalls._write`: notes each batch the flusher hands over (its size,
+    when), and lets the flusher write it only once the test has let that many batches through.
+    So a test sees each batch as it is cut and can look at the table between two writes."""
+
+    def __init__(self, monkeypatch, *, let_through: float = float("inf")) -> None:
+        self.sizes: list[int] = []
+        self.taken_at: list[float] = []  # time.monotonic() when the flusher handed it over
+        self.written = 0
+        self._let_through = let_through
+        self._changed = threading.Condition()
+        write = InflightCalls._write
+
+        def gated(calls: InflightCalls, batch: list) -> None:
+            with self._changed:
+                self.sizes.append(len(batch))
+                self.taken_at.append(time.monotonic())
+                self._changed.notify_all()
+                number = len(self.sizes)
+                if not self._changed.wait_for(lambda: number <= self._let_through, WAIT_SECONDS):
+                    raise AssertionError(f"batch {number} was never let through")
+            write(calls, batch)
+            with self._changed:
+                self.written += 1
+                self._changed.notify_all()
+
+        monkeypatch.setattr(InflightCalls, "_write", gated)
+
+    def let_through(self, batches: int) -> None:
+        with self._changed:
+            self._let_through += batches
+            self._changed.notify_all()
+
+    def wait(self, *, taken: int = 0, written: int = 0) -> None:
+        """Until the flusher has handed over `taken` batches and written `written`."""
+        with self._changed:
+            reached = self._changed.wait_for(
+                lambda: len(self.sizes) >= taken and self.written >= written, WAIT_SECONDS
+            )
+        assert reached, f"batches {self.sizes}, {self.written} written; wanted {taken}, {written}"
 
 
 def test_records_are_written_in_batches_and_claimed_by_the_next_run(tmp_path, monkeypatch):
+    # No batch is cut for its age here: only FLUSH_ROWS cuts them, at rows the test chooses.
+    monkeypatch.setattr(inflight, "FLUSH_SECONDS", 3600.0)
     engine = database(tmp_path)
-    transactions = []
-    monkeypatch.setattr(inflight.InflightCalls, "_write", counted(transactions))
+    writes = Writes(monkeypatch, let_through=0)
     errors: list[str] = []
     redun_lock = threading.RLock()
     calls = InflightCalls(engine, lambda: redun_lock, on_error=errors.append)
-    for i in range(250):
+    for i in range(inflight.FLUSH_ROWS):
         calls.record(f"hash-{i}", f"fc-{i}", "nap")
-    calls.record("hash-0", "fc-again", "nap")  # A later call replaces the job's row.
-    wait_for(lambda: len(rows(engine)) == 250)
-    assert rows(engine)["hash-0"] in ("fc-0", "fc-again")
-    wait_for(lambda: rows(engine)["hash-0"] == "fc-again")
-    assert len(transactions) <= 6  # Not one per call.
+    writes.wait(taken=1)  # A full batch: cut at once, whatever its age.
+    assert writes.sizes == [inflight.FLUSH_ROWS]
+    # While that batch waits to be written, more calls are spawned; one replaces the call of
+    # a job in it (a later call of the same job).
+    calls.record("hash-0", "fc-again", "nap")
+    for i in range(inflight.FLUSH_ROWS, 250):
+        calls.record(f"hash-{i}", f"fc-{i}", "nap")
+    writes.let_through(1)
+    # The first batch is written; the next, over FLUSH_ROWS by then, is cut at once: all of it.
+    writes.wait(taken=2, written=1)
+    assert len(rows(engine)) == inflight.FLUSH_ROWS and rows(engine)["hash-0"] == "fc-0"
+    writes.let_through(1)
+    writes.wait(written=2)
+    # Two transactions for 251 records: the second holds the replaced call and the rest.
+    assert writes.sizes == [inflight.FLUSH_ROWS, 1 + 250 - inflight.FLUSH_ROWS]
+    table = rows(engine)
+    assert len(table) == 250 and table["hash-0"] == "fc-again"
 
     # A run that died left these: the next one claims each once.
     successor = InflightCalls(engine, nullcontext, on_error=errors.append)
@@ -57,36 +112,57 @@ def test_records_are_written_in_batches_and_claimed_by_the_next_run(tmp_path, mo
     assert errors == []
 
 
-def test_release_drops_this_runs_rows_written_or_still_queued(tmp_path):
+def test_a_short_batch_is_written_once_its_first_call_is_flush_seconds_old(tmp_path, monkeypatch):
     engine = database(tmp_path)
+    writes = Writes(monkeypatch)
     errors: list[str] = []
     calls = InflightCalls(engine, nullcontext, on_error=errors.append)
+    recorded = time.monotonic()
+    calls.record("first", "fc-1", "nap")
+    writes.wait(written=1)
+    # Held for later calls to join it, FLUSH_SECONDS and never less; then written alone.
+    assert writes.sizes == [1]
+    assert writes.taken_at[0] - recorded >= inflight.FLUSH_SECONDS
+    assert rows(engine) == {"first": "fc-1"} and errors == []
+    calls.release()
+
+
+def test_release_drops_this_runs_rows_written_or_still_queued(tmp_path, monkeypatch):
+    engine = database(tmp_path)
+    writes = Writes(monkeypatch)
+    errors: list[str] = []
+    others = flushers()
+    calls = InflightCalls(engine, nullcontext, on_error=errors.append)
     calls.record("written", "fc-1", "nap")
-    wait_for(lambda: rows(engine) == {"written": "fc-1"})
+    (flusher,) = flushers() - others
+    writes.wait(written=1)
+    assert rows(engine) == {"written": "fc-1"}
+    # The next batch would be an hour old before it is written: still queued at release.
+    monkeypatch.setattr(inflight, "FLUSH_SECONDS", 3600.0)
     calls.record("queued", "fc-2", "nap")
     calls.release()
     assert rows(engine) == {}
-    calls.record("late", "fc-3", "nap")  # After release: ignored.
-    time.sleep(2 * inflight.FLUSH_SECONDS)
+    assert writes.sizes == [1]  # Release did not write the queued row first.
+    assert not flusher.is_alive()
+    calls.record("late", "fc-3", "nap")  # After release: ignored; no flusher to write it.
+    assert flushers() <= others and writes.sizes == [1]
     assert rows(engine) == {} and errors == []
 
 
 def test_a_failed_write_is_reported_not_raised(tmp_path):
     engine = database(tmp_path)
     errors: list[str] = []
-    calls = InflightCalls(engine, nullcontext, on_error=errors.append)
+    reported = threading.Event()
+
+    def on_error(message: str) -> None:
+        errors.append(message)
+        reported.set()
+
+    calls = InflightCalls(engine, nullcontext, on_error=on_error)
     with engine.begin() as connection:
         connection.execute(sa.text("drop table redun_modal_inflight_call"))
     calls.record("hash", "fc-1", "nap")
-    wait_for(lambda: errors)
-    assert errors[0].startswith("could not record 1 Modal call(s) for reattaching:")
-
-
-def counted(transactions: list[int]):
-    write = InflightCalls._write
-
-    def counting(self, batch):
-        transactions.append(len(batch))
-        write(self, batch)
-
-    return counting
+    assert reported.wait(WAIT_SECONDS)
+    (error,) = errors
+    assert error.startswith("could not record 1 Modal call(s) for reattaching:")
+    assert "redun_modal_inflight_call" in error  # The database's own words follow.

@@ -9,17 +9,23 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import modal
 import pytest
-from conftest import LOCAL_CONFIG, REDUN, Project
-from test_e2e import final_line
-from test_modal_e2e import APP, TARGET
-from test_modal_e2e import WORKFLOW as SUM_OF_SQUARES
+from helpers import (
+    APP,
+    LOCAL_CONFIG,
+    REDUN,
+    SUM_OF_SQUARES,
+    TARGET,
+    Project,
+    final_line,
+    launch,
+    redun_modal,
+    wait_for,
+)
 
 from redun_modal_executor.backends import create_backend
 from redun_modal_executor.backends.local.storage import FileLock
@@ -32,8 +38,6 @@ from redun_modal_executor.launch.spec import LaunchSpec
 from redun_modal_executor.launch.submit import database_spec, launch_options
 
 pytestmark = pytest.mark.e2e
-
-REDUN_MODAL = str(Path(sys.executable).with_name("redun-modal"))
 
 WORKFLOW = (
     "import time\nfrom pathlib import Path\n"
@@ -52,29 +56,6 @@ def fails() -> None:
     raise ValueError("the launched workflow failed on purpose")
 """
 )
-
-
-def redun_modal(project: Project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    process = subprocess.run(
-        [REDUN_MODAL, *args],
-        cwd=project.root,
-        env=project.environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=180,
-    )
-    if check and process.returncode != 0:
-        raise AssertionError(f"redun-modal {' '.join(args)} failed:\n{process.stdout}")
-    return process
-
-
-def launch(project: Project, *command: str, executor: str = "default") -> str:
-    """Start a detached launch; return its call id."""
-    output = project.redun("launch", "--executor", executor, *command).stdout
-    found = re.search(r"launched scheduler call ([lf]c-\w+)", output)
-    assert found, output
-    return found.group(1)
 
 
 def stop_local_launch(project: Project, call_id: str) -> None:
@@ -159,10 +140,7 @@ def test_ctrl_c_on_a_waited_launch_saves_its_database_first(project, tmp_path):
     release = tmp_path / "release"
     command = ("redun", "run", "wf.py", "both", "--path", str(release))
     client = project.start("launch", "--executor", "default", "--wait", *command)
-    deadline = time.monotonic() + 60
-    while not Path(f"{release}.started").exists():
-        assert time.monotonic() < deadline and client.poll() is None, client.stdout.read()
-        time.sleep(0.1)
+    wait_for(Path(f"{release}.started").exists, timeout=60, process=client)
     client.send_signal(signal.SIGINT)
     output, _ = client.communicate(timeout=60)
     release.touch()  # For the stopped scheduler's worker, if it outlived its scheduler.
@@ -290,6 +268,7 @@ scheduler_sync_interval = 1
     # The container runs the scheduler with the project's [executors.default]: local workers
     # inside it. `redun` by path: the fake's workers need not have it on PATH.
     command = (REDUN, "run", "wf.py", "wait_for", "--path", str(release))
+    began = time.monotonic()
     first = launch(project, *command, executor="modal")
     assert first.startswith("fc-")
 
@@ -306,10 +285,14 @@ scheduler_sync_interval = 1
 
     release.touch()
     status = redun_modal(project, "status", "--executor", "modal", "--wait", first).stdout
+    lived = time.monotonic() - began  # The launch ran within this time.
     assert "released" in status
     assert fake_modal.rpc_counts["FunctionCallCancel"] == 0
     assert fake_modal.inputs_cancelled == 0
-    assert fake_modal.rpc_counts["VolumeCommit"] >= 1
+    # The launch commits the Volume after each periodic sync, at most one a second (the
+    # interval) while its command runs, and once when the command has ended: how many periodic
+    # ones fit depends on how fast this machine runs the steps above, the bound does not.
+    assert 1 <= fake_modal.rpc_counts["VolumeCommit"] <= 1 + int(lived)
     assert not lock_taken()
     pulled = redun_modal(project, "pull", "--executor", "modal").stdout
     assert re.search(r"Pulled [1-9]\d* new record\(s\)", pulled)

@@ -128,20 +128,25 @@ def test_deploy_command_deploys_each_app_once(tmp_path, monkeypatch, capsys):
     )
 
 
-def test_deploy_command_explains_when_nothing_is_configured(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "config, error",
+    [
+        ("[executors.x]\ntype = local\n", "No executor to deploy"),
+        (
+            "[executors.m]\ntype = modal\ngpu = V100\n",
+            "redun-modal: [executors.m]: gpu has unknown GPU type 'V100'",
+        ),
+    ],
+    ids=["nothing-configured", "bad-config"],
+)
+def test_deploy_command_explains_what_it_cannot_deploy(
+    tmp_path, monkeypatch, capsys, config, error
+):
     (tmp_path / ".redun").mkdir()
-    (tmp_path / ".redun" / "redun.ini").write_text("[executors.x]\ntype = local\n")
+    (tmp_path / ".redun" / "redun.ini").write_text(config)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["deploy"]) == 2
-    assert "No executor to deploy" in capsys.readouterr().err
-
-
-def test_deploy_command_reports_bad_config(tmp_path, monkeypatch, capsys):
-    (tmp_path / ".redun").mkdir()
-    (tmp_path / ".redun" / "redun.ini").write_text("[executors.m]\ntype = modal\ngpu = V100\n")
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["deploy"]) == 2
-    assert "redun-modal: [executors.m]: gpu has unknown GPU type 'V100'" in capsys.readouterr().err
+    assert error in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("image, name", [("default", "run_job"), ("gpu", "run_job_gpu")])

@@ -9,13 +9,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from grpclib import Status
-from test_e2e import final_line, ran
-from test_modal_e2e import APP, MODAL_CONFIG, TARGET
+from helpers import APP, MODAL_CONFIG, TARGET, final_line, ran, wait_for
 
 from redun_modal_executor.backends.local.pool import WORKER_MODULE
 
@@ -51,11 +49,7 @@ def interrupt_when(project, condition, *args: str) -> str:
     """Run `redun run wf.py main ...`, send SIGINT once `condition()` holds; return output."""
     process = project.start("run", "wf.py", "main", *args)
     try:
-        deadline = time.monotonic() + 120
-        while not condition():
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "condition never held"
-            time.sleep(0.05)
+        wait_for(condition, timeout=120, process=process)
         process.send_signal(signal.SIGINT)
         return process.communicate(timeout=90)[0]
     finally:
@@ -92,7 +86,9 @@ def test_sigint_mid_fan_out_stops_every_local_worker(project):
     project.write("wf.py", FAN_OUT)  # Two workers (the project's max_workers), 50 naps.
     output = interrupt_when(project, lambda: len(local_workers(project)) == 2)
     cancelled = re.search(r"cancelled (\d+) call\(s\) still in flight", output)
-    assert cancelled and int(cancelled.group(1)) >= 2  # At least the two naps running.
+    # The two naps running, and those queued by then: how many the scheduler had submitted when
+    # SIGINT came varies; main had finished, so at most the 50 naps.
+    assert cancelled and 2 <= int(cancelled.group(1)) <= 50
     assert local_workers(project) == []
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_e2e import final_line
-from test_modal_e2e import APP, MODAL_CONFIG, TARGET
+from helpers import APP, MODAL_CONFIG, TARGET, final_line
 
 from redun_modal_executor.payload import decode_call
 from redun_modal_executor.worker import run_call

@@ -17,9 +17,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from grpclib import GRPCError, Status
 from modal._utils.blob_utils import MAX_ASYNC_OBJECT_SIZE_BYTES, MAX_OBJECT_SIZE_BYTES
@@ -34,13 +34,16 @@ from .records import (
     FaultKind,
     FunctionSpec,
     InputRecord,
+    InputState,
     LogLine,
     LogSource,
     Variant,
 )
-from .workers import Worker, WorkerDied, WorkerPool
+from .workers import Stream, Worker, WorkerDied, WorkerPool
 
 Generic = api_pb2.GenericResult
+K = TypeVar("K")
+V = TypeVar("V")
 _DATA_FORMATS = [api_pb2.DATA_FORMAT_PICKLE, api_pb2.DATA_FORMAT_CBOR]
 _OutcomeKind = Literal["success", "failure", "timeout", "crash", "internal_failure", "preempted"]
 _FILE_DESCRIPTORS: dict[LogSource, api_pb2.FileDescriptor.ValueType] = {
@@ -53,6 +56,14 @@ _FILE_DESCRIPTORS: dict[LogSource, api_pb2.FileDescriptor.ValueType] = {
 def new_id(prefix: str) -> str:
     """A Modal-looking object id, e.g. "fc-6f1c..."."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _found(table: Mapping[K, V], key: K, message: str) -> V:
+    """`table[key]`, or NOT_FOUND with `message`, as the real server answers."""
+    value = table.get(key)
+    if value is None:
+        raise GRPCError(Status.NOT_FOUND, message)
+    return value
 
 
 @dataclasses.dataclass
@@ -308,17 +319,12 @@ class ControlPlane:
                 Status.NOT_FOUND,
                 f"App '{app}' not found in environment '{environment}'",
             )
-        spec = self.functions.get((environment, app, name))
-        if spec is None:
-            raise GRPCError(Status.NOT_FOUND, f"Function '{name}' not found in app '{app}'")
-        return spec
+        key = (environment, app, name)
+        return _found(self.functions, key, f"Function '{name}' not found in app '{app}'")
 
     def variant(self, function_id: str) -> Variant:
         """The function (or bound variant) with this id, or NOT_FOUND."""
-        variant = self.variants.get(function_id)
-        if variant is None:
-            raise GRPCError(Status.NOT_FOUND, f"Function '{function_id}' not found")
-        return variant
+        return _found(self.variants, function_id, f"Function '{function_id}' not found")
 
     def handle_metadata(self, variant: Variant) -> api_pb2.FunctionHandleMetadata:
         """What the client hydrates a Function handle with."""
@@ -413,9 +419,7 @@ class ControlPlane:
         return record
 
     def dict_by_id(self, dict_id: str) -> NamedObject:
-        if dict_id not in self.dicts:
-            raise GRPCError(Status.NOT_FOUND, f"Dict {dict_id} not found")
-        return self.dicts[dict_id]
+        return _found(self.dicts, dict_id, f"Dict {dict_id} not found")
 
     def _named(
         self,
@@ -452,10 +456,7 @@ class ControlPlane:
 
     def call(self, call_id: str) -> CallRecord:
         """The function call with this id, or NOT_FOUND."""
-        call = self.calls.get(call_id)
-        if call is None:
-            raise GRPCError(Status.NOT_FOUND, f"Function call '{call_id}' not found")
-        return call
+        return _found(self.calls, call_id, f"Function call '{call_id}' not found")
 
     def put_inputs(
         self, call: CallRecord, items: Iterable[api_pb2.FunctionPutInputsItem]
@@ -698,7 +699,7 @@ class ControlPlane:
         run = asyncio.ensure_future(worker.run(request))
         try:
             if fault is not None and fault.on_output is not None:
-                seen = asyncio.ensure_future(self._output_seen(record, fault.on_output))
+                seen = self._output_seen(worker, fault.on_output)
                 try:
                     await asyncio.wait(
                         {run, seen}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -739,15 +740,20 @@ class ControlPlane:
         return _Outcome(kind, reply=reply, task_id=task_id, started_at=started_at)
 
     @staticmethod
-    async def _output_seen(record: InputRecord, text: str) -> None:
-        """Return once the current attempt of `record` has written a line containing `text`."""
-        attempt, checked = record.attempts, 0
-        while True:
-            lines = record.logs[checked:]
-            checked += len(lines)
-            if any(line.attempt == attempt and text in line.text for line in lines):
-                return
-            await asyncio.sleep(0.02)
+    def _output_seen(worker: Worker, text: str) -> asyncio.Future[None]:
+        """A future done as soon as `worker`, in this attempt, writes a line containing `text`
+        (its log sink, which keeps the attempt's log, is wrapped for the attempt)."""
+        seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        keep = worker.log_sink
+
+        def watch(stream: Stream, timestamp_ns: int, line: str) -> None:
+            if keep is not None:
+                keep(stream, timestamp_ns, line)
+            if text in line and not seen.done():
+                seen.set_result(None)
+
+        worker.log_sink = watch
+        return seen
 
     async def _stop(self, worker: Worker, run: asyncio.Future[Any]) -> None:
         assert self._pool is not None
@@ -790,36 +796,42 @@ class ControlPlane:
 
     async def _finish(self, call: CallRecord, record: InputRecord, outcome: _Outcome) -> None:
         result, data_format = self._result(call, outcome)
-        record.output = api_pb2.FunctionGetOutputsItem(
-            result=result,
-            idx=record.idx,
-            input_id=record.input_id,
+        self._give_output(
+            record,
+            "done",
+            result,
             data_format=data_format,
             task_id=outcome.task_id,
             input_started_at=outcome.started_at,
-            output_created_at=time.time(),
-            retry_count=record.retry_count,
         )
-        record.state = "done"
         self.inputs_finished += 1
         await self._notify(call)
 
     async def _finish_cancelled(self, call: CallRecord, record: InputRecord) -> None:
         # What a container reports for a cancelled input (container_io_manager.py):
         # GENERIC_STATUS_TERMINATED with no data; the client raises RemoteError for it.
+        terminated = Generic(
+            status=Generic.GENERIC_STATUS_TERMINATED,
+            exception=f"Input {record.input_id} was cancelled",
+        )
+        self._give_output(record, "cancelled", terminated)
+        self.inputs_cancelled += 1
+        await self._notify(call)
+
+    @staticmethod
+    def _give_output(
+        record: InputRecord, state: InputState, result: api_pb2.GenericResult, **fields: Any
+    ) -> None:
+        """The input's output, which FunctionGetOutputs hands out from now on."""
         record.output = api_pb2.FunctionGetOutputsItem(
-            result=Generic(
-                status=Generic.GENERIC_STATUS_TERMINATED,
-                exception=f"Input {record.input_id} was cancelled",
-            ),
+            result=result,
             idx=record.idx,
             input_id=record.input_id,
             output_created_at=time.time(),
             retry_count=record.retry_count,
+            **fields,
         )
-        record.state = "cancelled"
-        self.inputs_cancelled += 1
-        await self._notify(call)
+        record.state = state
 
     async def _notify(self, call: CallRecord) -> None:
         condition = self._condition(call.call_id)
