@@ -22,10 +22,14 @@ __all__ = [
     "RemoteCallError",
     "RemoteTaskError",
     "SerializationError",
+    "TaskExitError",
     "TaskOptionError",
     "VersionSkewError",
     "WorkerDiedError",
+    "WorkerStopped",
+    "as_exception",
     "is_retriable",
+    "recordable",
 ]
 
 
@@ -82,16 +86,38 @@ class DatabaseBusyError(RuntimeError):
 
 
 class RemoteTaskError(Exception):
-    """Stands in for a remote exception that could not be sent back as itself."""
+    """Stands in for a task's exception that cannot be itself here: it could not be pickled
+    in the worker, its class cannot be loaded on the client, or redun cannot record it."""
 
-    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
-        super().__init__(type_name, message, remote_traceback)
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        remote_traceback: str = "",
+        task: str = "",
+        why: str = "",
+    ) -> None:
+        super().__init__(type_name, message, remote_traceback, task, why)
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
+        self.task = task
+        self.why = why
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+        raised = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        if self.task:
+            raised = f"Task {self.task} raised {raised}"
+        return f"{raised} ({self.why})" if self.why else raised
+
+
+class TaskExitError(Exception):
+    """A task let out a ``BaseException`` that is not an ``Exception`` (``sys.exit``,
+    ``KeyboardInterrupt``, ``GeneratorExit``): the job fails as for any task error."""
+
+
+class WorkerStopped(KeyboardInterrupt):
+    """The worker was told to stop (SIGTERM) while a launch ran: it ends the worker."""
 
 
 # Errors that fail one job before it is sent (options, arguments, code, launch database).
@@ -122,3 +148,46 @@ def is_retriable(error: BaseException) -> bool:
         *JOB_ERRORS,
     )
     return not isinstance(error, deterministic)
+
+
+def as_exception(error: BaseException, task: str) -> Exception:
+    """``error`` if it is an ``Exception``; else a ``TaskExitError`` that names the task and
+    what it let out (redun records and retries only ``Exception``)."""
+    if isinstance(error, Exception):
+        return error
+    if isinstance(error, SystemExit):
+        code = error.code
+        if code is None or isinstance(code, int):
+            argument = "" if code is None else code
+            message = f"Task {task} called sys.exit({argument}): exit status {code or 0}"
+        else:
+            message = f"Task {task} called sys.exit({code!r}): {code}"
+    else:
+        detail = f": {error}" if str(error) else ""
+        message = f"Task {task} let out {type(error).__name__}{detail} (not an Exception)"
+    wrapped = TaskExitError(message).with_traceback(error.__traceback__)
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def recordable(error: Exception, task: str) -> Exception:
+    """``error``, or where redun cannot pickle it into its database, a stand-in that keeps
+    its type name, message and traceback text (redun records such errors as
+    ``Exception(repr(error))``; its traceback, which holds the error too, must pickle)."""
+    from redun.utils import pickle_dumps
+
+    try:
+        pickle_dumps(error)
+    except Exception as why:
+        remote = getattr(error, "remote_traceback", "")
+        why_text = f"redun cannot pickle it: {why}"
+        return RemoteTaskError(qualified_type_name(error), str(error), remote, task, why_text)
+    return error
+
+
+def qualified_type_name(error: BaseException) -> str:
+    """``KeyError`` for builtins, else ``module.Class``."""
+    kind = type(error)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"

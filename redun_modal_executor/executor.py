@@ -28,7 +28,10 @@ from redun_modal_executor.errors import (
     ModalAuthError,
     PayloadError,
     RemoteCallError,
+    SerializationError,
+    as_exception,
     is_retriable,
+    recordable,
 )
 from redun_modal_executor.inflight import InflightCalls
 from redun_modal_executor.launch.spec import LaunchSpec
@@ -326,28 +329,31 @@ class ModalExecutor(Executor):
             return
         outcome = call.outcome
         assert outcome is not None
+        task = entry.job.task.fullname
         if isinstance(outcome, BaseException):
-            error, traceback = outcome, Traceback(outcome, [], logs=getattr(outcome, "logs", None))
+            error, frames, logs = outcome, [], getattr(outcome, "logs", None)
         else:
             try:
-                result = decode_result(outcome)
+                result = decode_result(outcome, task)
+            except SerializationError as unloadable:  # A value this client cannot load.
+                error, frames, logs = unloadable, [], None
             except Exception as unreadable:
                 error = PayloadError(
                     f"{entry.label}: its result envelope could not be loaded here: "
                     f"{type(unreadable).__name__}: {unreadable}"
                 )
-                self._fail(entry, error, Traceback(error, []))
-                return
-            if isinstance(result, Success):
-                self._report_progress(failed=False)
-                self._scheduler.done_job(entry.job, result.value, job_tags=entry.tags)
-                return
-            error = result.error
-            traceback = Traceback(result.error, result.frames, logs=result.logs)
+                error, frames, logs = error, [], None
+            else:
+                if isinstance(result, Success):
+                    self._report_progress(failed=False)
+                    self._scheduler.done_job(entry.job, result.value, job_tags=entry.tags)
+                    return
+                error, frames, logs = result.error, result.frames, result.logs
+        error = as_exception(error, task)
         if entry.retries_left and is_retriable(error):
             self._retry(backend, entry, error)
             return
-        self._fail(entry, error, traceback)
+        self._fail(entry, error, Traceback(recordable(error, task), frames, logs=logs))
 
     def _retry(self, backend: Backend, entry: _Job, error: BaseException) -> None:
         entry.retries_left -= 1

@@ -24,6 +24,7 @@ from typing import Any
 
 import cloudpickle
 import redun
+from redun.expression import TaskExpression
 
 from redun_modal_executor.backends.base import BackendRef
 from redun_modal_executor.errors import (
@@ -32,6 +33,7 @@ from redun_modal_executor.errors import (
     RemoteTaskError,
     SerializationError,
     VersionSkewError,
+    qualified_type_name,
 )
 from redun_modal_executor.launch.spec import LaunchSpec
 
@@ -188,16 +190,20 @@ def encode_call(
         raise SerializationError(message) from None
 
 
-def _describe_unpicklable(task_name: str, args: tuple, kwargs: dict, error: Exception) -> str:
+def _first_unpicklable(args: tuple, kwargs: dict) -> str | None:
+    """``argument N (type)`` for the first argument that cannot be pickled, if any."""
     named = [(f"argument {i}", value) for i, value in enumerate(args)]
     named += [(f"argument {key!r}", value) for key, value in kwargs.items()]
-    culprit = "its function"
     for label, value in named:
         try:
             cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)
         except Exception:
-            culprit = f"{label} ({type(value).__name__})"
-            break
+            return f"{label} ({type(value).__name__})"
+    return None
+
+
+def _describe_unpicklable(task_name: str, args: tuple, kwargs: dict, error: Exception) -> str:
+    culprit = _first_unpicklable(args, kwargs) or "its function"
     return (
         f"Task {task_name}: {culprit} cannot be pickled to send to the worker: "
         f"{type(error).__name__}: {error}. Pass plain data (or a redun File) instead of "
@@ -279,9 +285,14 @@ def encode_success(value: Any, task_name: str, logs: list[str]) -> bytes:
     try:
         return _frame(_RESULT_MAGIC, {"ok": True}, value)
     except Exception as error:
+        what = f"its result ({type(value).__name__})"
+        if isinstance(value, TaskExpression):  # A call of another task: which argument?
+            culprit = _first_unpicklable(value.args, value.kwargs)
+            if culprit is not None:
+                what = f"{culprit} of the {value.task_name} call it returns"
         failure = SerializationError(
-            f"Task {task_name}: its result ({type(value).__name__}) cannot be pickled to send "
-            f"back: {type(error).__name__}: {error}. Return plain data or a redun File."
+            f"Task {task_name}: {what} cannot be pickled to send back: "
+            f"{type(error).__name__}: {error}. Return plain data or a redun File."
         )
         return encode_failure(failure, logs)
 
@@ -295,7 +306,7 @@ def encode_failure(error: BaseException, logs: list[str]) -> bytes:
     ]
     header = {
         "ok": False,
-        "error_type": _qualified_type_name(error),
+        "error_type": qualified_type_name(error),
         "message": str(error),
         "traceback": "".join(traceback.format_exception(error)),
         "logs": logs,
@@ -308,24 +319,33 @@ def encode_failure(error: BaseException, logs: list[str]) -> bytes:
     return _frame(_RESULT_MAGIC, header, (pickled_error, frames))
 
 
-def _qualified_type_name(error: BaseException) -> str:
-    kind = type(error)
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def decode_result(data: bytes) -> Success | Failure:
-    """Parse a result envelope (client side)."""
+def decode_result(data: bytes, task: str = "") -> Success | Failure:
+    """Parse a result envelope (client side) of a call of ``task``; a value that cannot be
+    loaded here raises ``SerializationError`` naming the task."""
     header, body = _unframe(data, _RESULT_MAGIC, "result envelope")
     if header.get("ok"):
-        return Success(cloudpickle.loads(body))
+        try:
+            return Success(cloudpickle.loads(body))
+        except Exception as error:
+            raise SerializationError(
+                f"Task {task}: its result cannot be loaded here: {type(error).__name__}: "
+                f"{error}. Unpickling it needs what made it in the worker: install the "
+                "modules its classes come from where `redun run` runs, or return plain data."
+            ) from None
     logs = header.get("logs", [])
-    stand_in = RemoteTaskError(header["error_type"], header["message"], header["traceback"])
     pickled_error, frames = cloudpickle.loads(body)
+
+    def stand_in(why: str) -> RemoteTaskError:
+        return RemoteTaskError(
+            header["error_type"], header["message"], header["traceback"], task, why
+        )
+
+    if pickled_error is None:
+        return Failure(stand_in("it could not be pickled in the worker"), frames, logs)
     try:
-        error = cloudpickle.loads(pickled_error) if pickled_error is not None else stand_in
-    except Exception:
+        error = cloudpickle.loads(pickled_error)
+    except Exception as unloadable:
         # The exception's class does not exist or load here: keep its name, text and traceback.
-        error = stand_in
+        why = f"its class cannot be loaded here: {type(unloadable).__name__}: {unloadable}"
+        error = stand_in(why)
     return Failure(error, frames, logs)

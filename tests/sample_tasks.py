@@ -72,6 +72,11 @@ def exits() -> None:
 
 
 @task
+def returns_call_with_lock():
+    return add(threading.Lock(), 1)
+
+
+@task
 def timed_sleep(seconds: float) -> tuple[int, float, float]:
     """Sleeps; returns (worker pid, start, end) so tests can see reuse and overlap."""
     import os

@@ -170,18 +170,25 @@ def test_failure_keeps_type_frames_and_logs():
 
 def test_unpicklable_exception_gets_a_stand_in():
     error = raise_and_catch(sample_tasks.LockedError("holding a lock"))
-    result = decode_result(encode_failure(error, []))
+    result = decode_result(encode_failure(error, []), "sample_tasks.raises_unpicklable")
     assert isinstance(result.error, RemoteTaskError)
-    assert str(result.error) == "sample_tasks.LockedError: holding a lock"
+    assert str(result.error) == (
+        "Task sample_tasks.raises_unpicklable raised sample_tasks.LockedError: holding a lock "
+        "(it could not be pickled in the worker)"
+    )
     assert "raise error" in result.error.remote_traceback
     assert result.frames  # Frames travel even when the exception cannot.
 
 
 def test_exception_that_cannot_load_here_gets_a_stand_in():
     error = raise_and_catch(sample_tasks.UnloadableError("only in the container"))
-    result = decode_result(encode_failure(error, []))
+    result = decode_result(encode_failure(error, []), "t")
     assert isinstance(result.error, RemoteTaskError)
     assert result.error.type_name == "sample_tasks.UnloadableError"
+    assert str(result.error).startswith(
+        "Task t raised sample_tasks.UnloadableError: only in the container (its class cannot "
+        "be loaded here: "
+    )
     assert "only in the container" in result.error.remote_traceback
     assert [frame.name for frame in result.frames] == ["raise_and_catch"]
 

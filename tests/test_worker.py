@@ -2,7 +2,12 @@
 
 import sample_tasks
 
-from redun_modal_executor.errors import PayloadError, RemoteTaskError, SerializationError
+from redun_modal_executor.errors import (
+    PayloadError,
+    RemoteTaskError,
+    SerializationError,
+    TaskExitError,
+)
 from redun_modal_executor.payload import CallKind, Failure, Success, decode_result, encode_call
 from redun_modal_executor.worker.run import LOG_TAIL_LINES, run_call
 
@@ -69,7 +74,9 @@ def test_output_tail_is_bounded(capsys):
 def test_unpicklable_exception():
     result = run(sample_tasks.raises_unpicklable)
     assert isinstance(result.error, RemoteTaskError)
-    assert str(result.error) == "sample_tasks.LockedError: holding a lock"
+    assert str(result.error) == (
+        "sample_tasks.LockedError: holding a lock (it could not be pickled in the worker)"
+    )
 
 
 def test_unpicklable_result():
@@ -80,7 +87,18 @@ def test_unpicklable_result():
 
 def test_sys_exit_is_a_failure_not_a_dead_worker():
     result = run(sample_tasks.exits)
-    assert isinstance(result, Failure) and isinstance(result.error, SystemExit)
+    assert isinstance(result, Failure) and isinstance(result.error, TaskExitError)
+    assert str(result.error) == "Task exits called sys.exit(3): exit status 3"
+    assert [frame.name for frame in result.frames] == ["exits"]  # Where the task exited.
+
+
+def test_an_expressions_unpicklable_argument_is_named():
+    result = run(sample_tasks.returns_call_with_lock)
+    assert isinstance(result.error, SerializationError)
+    assert str(result.error).startswith(
+        "Task returns_call_with_lock: argument 0 (lock) of the add call it returns cannot be "
+        "pickled to send back"
+    )
 
 
 def test_foreign_payload_is_rejected_with_an_envelope():

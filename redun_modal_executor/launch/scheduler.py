@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from redun_modal_executor.backends import open_backend
+from redun_modal_executor.errors import WorkerStopped
 from redun_modal_executor.launch.spec import DatabaseSpec, LaunchSpec
 from redun_modal_executor.worker import code
 
@@ -60,7 +61,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
     the scheduler cancels its calls and the database is copied back before the end."""
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+        raise WorkerStopped(f"stopped by signal {signal.Signals(signum).name}")
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)

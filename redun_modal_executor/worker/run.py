@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import redun.executors.base
 
 from redun_modal_executor._registration import register
+from redun_modal_executor.errors import WorkerStopped, as_exception
 from redun_modal_executor.payload import (
     CallKind,
     DecodedCall,
@@ -45,8 +46,10 @@ def run_call(payload: bytes) -> bytes:
             call = decode_call(payload)
             task_name = call.header.task
             value = _execute(call)
-        except (Exception, SystemExit) as caught:
-            error = caught
+        except WorkerStopped:
+            raise  # Not the task's outcome: the worker is stopping.
+        except BaseException as caught:  # sys.exit() in a task fails the job, not the worker.
+            error = as_exception(caught, task_name)
     if error is not None:
         return encode_failure(error, list(tail))
     return encode_success(value, task_name, list(tail))

@@ -112,7 +112,7 @@ class _Worker:
     def describe_exit(self) -> str:
         code = self.process.wait()
         if code < 0:
-            return f"killed by signal {signal.Signals(-code).name}"
+            return f"was killed by signal {signal.Signals(-code).name}"
         return f"exited with status {code}"
 
 
