@@ -11,6 +11,8 @@ from datetime import datetime
 
 from redun import task
 
+redun_namespace = "examples.demo"
+
 
 def stamped(text: str) -> str:
     return f"{datetime.now():%Y-%m-%d %H:%M:%S} :: {text}"

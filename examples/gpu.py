@@ -7,6 +7,8 @@ The task reports which device it found, so a run shows where it went.
 
 from redun import task
 
+redun_namespace = "examples.gpu"
+
 
 @task(executor="modal", gpu="A10G", memory=16384, timeout=1800)
 def matmul_trace(size: int) -> dict[str, object]:

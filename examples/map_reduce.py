@@ -9,6 +9,8 @@ option, in MiB); on the local backend both run in local worker processes.
 import pandas as pd
 from redun import task
 
+redun_namespace = "examples.map_reduce"
+
 
 @task(executor="modal", memory=1024)
 def summarize(shard: int, rows: int) -> pd.DataFrame:

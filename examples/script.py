@@ -5,6 +5,8 @@ redun run examples/script.py main
 
 from redun import script, task
 
+redun_namespace = "examples.script"
+
 
 @task
 def main(name: str = "redun") -> str:

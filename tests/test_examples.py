@@ -23,6 +23,19 @@ def run_example(project, name: str, *args: str) -> str:
     return final_line(project.redun("run", f"{name}.py", "main", *args).stdout)
 
 
+@pytest.mark.parametrize("example", sorted(path.stem for path in (ROOT / "examples").glob("*.py")))
+def test_every_example_names_its_namespace(example):
+    tree = ast.parse((ROOT / "examples" / f"{example}.py").read_text())
+    assigned = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert assigned.get("redun_namespace") == f"examples.{example}"
+
+
 def test_map_reduce(example_project):
     means = ast.literal_eval(run_example(example_project, "map_reduce", "--shards", "3"))
     assert means == {"g0": 499.5, "g1": 499.5, "g2": 499.5}
