@@ -231,8 +231,12 @@ class ModalExecutor(Executor):
             on_done=lambda call: self._reports.put(lambda: self._finished(entry, call)),
         )
         with self._lock:
+            # Under the lock: a retry racing stop() either reaches the backend before stop()
+            # takes it (and is cancelled with the rest) or finds it gone, never a stopped one.
+            if self._backend is not backend:
+                return
             self._jobs[call] = entry
-        backend.spawn(call)
+            backend.spawn(call)
 
     def _ready_backend(self) -> tuple[Backend, CodeReference | None]:
         """The backend, started on first use, with the code package shipped if it needs one."""
