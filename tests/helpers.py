@@ -5,8 +5,10 @@ here, never from one another."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REDUN = str(Path(sys.executable).with_name("redun"))
 REDUN_MODAL = str(Path(sys.executable).with_name("redun-modal"))
@@ -102,7 +105,9 @@ class Project:
         return process
 
 
-def redun_modal(project: Project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def redun_modal(
+    project: Project, *args: str, check: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess:
     """Run the `redun-modal` command in the project; output is stdout and stderr together."""
     process = subprocess.run(
         [REDUN_MODAL, *args],
@@ -111,7 +116,7 @@ def redun_modal(project: Project, *args: str, check: bool = True) -> subprocess.
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=180,
+        timeout=timeout,
     )
     if check and process.returncode != 0:
         raise AssertionError(f"redun-modal {' '.join(args)} failed:\n{process.stdout}")
@@ -133,6 +138,30 @@ def ran(output: str, task: str) -> int:
 
 def final_line(output: str) -> str:
     return output.strip().splitlines()[-1]
+
+
+def job_tag_rows(project: Project, task: str) -> list[tuple[str, Any]]:
+    """The tags (key, value) of every job of `task` in the project's redun database."""
+    query = (
+        "select tag.key, tag.value from tag join job on tag.entity_id = job.id "
+        "join task on job.task_hash = task.hash where task.name = ?"
+    )
+    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
+        return [(key, json.loads(value)) for key, value in db.execute(query, (task,))]
+
+
+def call_tags(project: Project, task: str) -> list[str]:
+    """The ``modal_call`` tags of every job of `task`: the call ids, in the database's order."""
+    return [value for key, value in job_tag_rows(project, task) if key == "modal_call"]
+
+
+def inflight_rows(project: Project) -> int:
+    """Rows of the reattach ledger in the project's redun database."""
+    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
+        try:
+            return db.execute("select count(*) from redun_modal_inflight_call").fetchone()[0]
+        except sqlite3.OperationalError:  # Not created yet.
+            return 0
 
 
 def wait_for(
