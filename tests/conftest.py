@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway redun project on the local backend, or on the fake Modal.
+"""Shared fixtures: a throwaway redun project on the local backend, or on the fake Modal; and
+the gate of the live suite (tests/live), whose own fixtures are in tests/live/conftest.py.
 
 What test modules share besides fixtures is in helpers.py.
 """
@@ -8,9 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import APP, LOCAL_CONFIG, MODAL_CONFIG, TARGET, Project
+from helpers import APP, LOCAL_CONFIG, MODAL_CONFIG, TARGET, Project, live_skip_reason
 
 pytest_plugins = ["fake_modal"]  # The `fake_modal` fixture: a Modal control plane on 127.0.0.1.
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `live` run only with the opt-in variable and Modal credentials set; else
+    they are skipped, saying what to set. Nothing here calls the network."""
+    live = [item for item in items if item.get_closest_marker("live") is not None]
+    reason = live_skip_reason() if live else None
+    if reason is not None:
+        for item in live:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -6,10 +6,18 @@ processes that, as on Modal, cannot import the project's files: code arrives by 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from helpers import APP, MODAL_CONFIG, SUM_OF_SQUARES, final_line, ran, wait_for
+from helpers import (
+    APP,
+    MODAL_CONFIG,
+    SUM_OF_SQUARES,
+    call_tags,
+    final_line,
+    inflight_rows,
+    job_tag_rows,
+    ran,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -167,16 +175,6 @@ def test_missing_credentials_say_how_to_set_a_token(modal_project, monkeypatch, 
     )
 
 
-def inflight_rows(project) -> int:
-    import sqlite3
-
-    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
-        try:
-            return db.execute("select count(*) from redun_modal_inflight_call").fetchone()[0]
-        except sqlite3.OperationalError:  # Not created yet.
-            return 0
-
-
 NAPS = """\
 import time
 from redun import task
@@ -257,25 +255,8 @@ def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
     assert fake_modal.executions[f"{APP}/run_job"] == 5 + 3  # The naps ran again, once.
 
 
-def job_tag_rows(project, task: str) -> list[tuple[str, Any]]:
-    import json
-    import sqlite3
-
-    query = (
-        "select tag.key, tag.value from tag join job on tag.entity_id = job.id "
-        "join task on job.task_hash = task.hash where task.name = ?"
-    )
-    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
-        return [(key, json.loads(value)) for key, value in db.execute(query, (task,))]
-
-
 def job_tags(project, task: str) -> dict:
     return dict(job_tag_rows(project, task))
-
-
-def call_tags(project, task: str) -> list[str]:
-    """The ``modal_call`` tags of every job of ``task``."""
-    return [value for key, value in job_tag_rows(project, task) if key == "modal_call"]
 
 
 def test_jobs_are_tagged_with_their_call_image_and_resources(modal_project, fake_modal):
