@@ -18,6 +18,7 @@ __all__ = [
     "DatabaseBusyError",
     "LaunchError",
     "ModalAuthError",
+    "ModalUnreachableError",
     "PayloadError",
     "RemoteCallError",
     "RemoteTaskError",
@@ -92,6 +93,10 @@ class RemoteTaskError(Exception):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+class ModalUnreachableError(RemoteCallError):
+    """The client could not reach Modal's API: no network, a wrong server URL, or a proxy."""
 
 
 # Errors that fail one job before it is sent (options, arguments, code, launch database).
