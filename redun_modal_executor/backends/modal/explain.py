@@ -22,10 +22,11 @@ TRANSIENT_ATTEMPTS = 5
 TRANSIENT_BACKOFF_SECONDS = 0.5
 # How long a job keeps trying to reach Modal before its call is spawned (connecting, the
 # look-up, the code upload, the spawn's retries). The client alone would try to connect for
-# 63 s, and wait minutes for an answer that never comes. 25 s rides out an outage of about
-# 20 s (the client's own connection attempts, 5 s apart by then) and all five attempts of
-# the backoff above, and leaves time for redun to start and stop within 45 s.
-UNREACHABLE_SECONDS = 25.0
+# 63 s, and wait minutes for an answer that never comes. 20 s rides out an outage of about
+# 15 s (the client's own connection attempts, 5 s apart by then) and all five attempts of
+# the backoff above (about 11 s), and leaves time for redun to start and stop within 45 s,
+# even on a busy machine.
+UNREACHABLE_SECONDS = 20.0
 REACH_HINT = "check the network, MODAL_SERVER_URL, proxy settings"
 LOG_TAIL_ENTRIES = 50
 LOG_TAIL_SECONDS = 5.0
