@@ -7,9 +7,10 @@ import inspect
 import sys
 from collections.abc import Sequence
 
+from redun_modal_executor import __version__
 from redun_modal_executor.backends import backend_class, create_backend
 from redun_modal_executor.config import ConfigError, ExecutorConfig
-from redun_modal_executor.errors import LaunchError
+from redun_modal_executor.errors import LaunchError, ModalAuthError, ModalUnreachableError
 
 LOG_ENTRIES = 1000
 
@@ -48,7 +49,7 @@ def _deployed_configs(args: argparse.Namespace) -> list[ExecutorConfig]:
 def deploy_command(args: argparse.Namespace) -> int:
     """Build the images configured in redun.ini and deploy the app. Run it once, and again
     after changing images or dependencies; code changes need no redeploy."""
-    from redun_modal_executor.backends.modal.app import deploy, function_name
+    from redun_modal_executor.backends.modal.app import connect, deploy, function_name
 
     configs = [
         config
@@ -74,6 +75,7 @@ def deploy_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    connect()  # No credentials, or no Modal: say so in one line, before building anything.
     for config in apps.values():
         names = ", ".join(function_name(image) for image in config.images)
         print(f"Deploying Modal app {config.app_name!r} for [executors.{config.name}]: {names}")
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", help="redun config dir (default: as redun finds it, usually .redun)"
     )
+    parser.add_argument("--version", action="version", version=f"redun-modal {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     commands = {}
     for name, (run, summary) in COMMANDS.items():
@@ -248,7 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, LaunchError, RedunClientError) as error:
+    except (
+        ConfigError,
+        LaunchError,
+        ModalAuthError,
+        ModalUnreachableError,
+        RedunClientError,
+    ) as error:
         print(f"redun-modal: {error}", file=sys.stderr)
         return 2
 

@@ -119,8 +119,12 @@ def test_deploy_command_deploys_each_app_once(tmp_path, monkeypatch, capsys):
         "[executors.other]\ntype = local\n"
     )
     monkeypatch.chdir(tmp_path)
-    with mock.patch.object(modal_app, "deploy") as deploy:
+    with (
+        mock.patch.object(modal_app, "connect") as connect,
+        mock.patch.object(modal_app, "deploy") as deploy,
+    ):
         assert cli.main(["deploy"]) == 0
+    connect.assert_called_once_with()
     (call,) = deploy.call_args_list
     assert (call.args[0].app_name, call.args[0].environment) == ("redun-modal-executor", "dev")
     assert "Deploying Modal app 'redun-modal-executor' for [executors.default]: run_job" in (

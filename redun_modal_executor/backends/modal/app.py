@@ -9,6 +9,7 @@ asks for them per task with ``Function.with_options``.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,8 @@ import redun
 from redun_modal_executor.config import DEFAULT_IMAGE, ExecutorConfig, ImageSpec
 
 FUNCTION_NAME = "run_job"
+# How long `redun-modal` commands wait for Modal to answer before they say it is unreachable.
+COMMAND_REACH_SECONDS = 8.0
 CODE_DICT_SUFFIX = "-code"
 # Key, in the code Dict, of what the deployed images were built with (digests never clash).
 MANIFEST_KEY = "deployment"
@@ -93,18 +96,45 @@ def deployment_manifest(config: ExecutorConfig) -> dict[str, Any]:
     }
 
 
+def connect() -> None:
+    """Connect the modal client, within ``COMMAND_REACH_SECONDS``: ``ModalAuthError`` without
+    credentials, ``ModalUnreachableError`` if Modal cannot be reached."""
+    import modal
+    import modal.exception
+
+    from redun_modal_executor.backends.modal.explain import auth_message, wait_within_reach
+    from redun_modal_executor.errors import ModalAuthError
+
+    try:
+        wait_within_reach(modal.Client.from_env.aio, COMMAND_REACH_SECONDS)
+    except modal.exception.AuthError as error:
+        raise ModalAuthError(auth_message(error)) from None
+
+
 def deploy(config: ExecutorConfig) -> None:
     """Deploy (or redeploy) the app; safe to repeat, Modal replaces the previous version."""
     import modal
+    import modal.exception
 
-    with modal.enable_output():
-        build_app(config).deploy(name=config.app_name, environment_name=config.environment)
-    manifests = modal.Dict.from_name(
-        code_dict_name(config.app_name),
-        environment_name=config.environment,
-        create_if_missing=True,
-    )
-    manifests.put(MANIFEST_KEY, deployment_manifest(config))
+    from redun_modal_executor.backends.modal.explain import auth_message, unreachable
+    from redun_modal_executor.errors import ModalAuthError
+
+    try:
+        with modal.enable_output():
+            build_app(config).deploy(name=config.app_name, environment_name=config.environment)
+        manifests = modal.Dict.from_name(
+            code_dict_name(config.app_name),
+            environment_name=config.environment,
+            create_if_missing=True,
+        )
+        manifests.put(MANIFEST_KEY, deployment_manifest(config))
+    except modal.exception.AuthError as error:
+        raise ModalAuthError(auth_message(error)) from None
+    except Exception as error:
+        lost = unreachable(error)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def check_deployment(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:
@@ -112,12 +142,19 @@ def check_deployment(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:
     import modal
     import modal.exception
 
+    from redun_modal_executor.backends.modal.explain import wait_within_reach
+    from redun_modal_executor.errors import ModalUnreachableError
+
     for image in config.images:
         name = function_name(image)
+        function = modal.Function.from_name(
+            config.app_name, name, environment_name=config.environment
+        )
         try:
-            modal.Function.from_name(
-                config.app_name, name, environment_name=config.environment
-            ).hydrate()
+            wait_within_reach(function.hydrate.aio, COMMAND_REACH_SECONDS)
+        except ModalUnreachableError as error:
+            yield "connection", False, str(error)
+            return
         except modal.exception.AuthError as error:
             yield (
                 "credentials",
@@ -133,9 +170,13 @@ def check_deployment(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:
         manifests = modal.Dict.from_name(
             code_dict_name(config.app_name), environment_name=config.environment
         )
-        deployed = manifests.get(MANIFEST_KEY)
+        read = functools.partial(manifests.get.aio, MANIFEST_KEY)
+        deployed = wait_within_reach(read, COMMAND_REACH_SECONDS)
     except modal.exception.NotFoundError:
         deployed = None
+    except ModalUnreachableError as error:
+        yield "connection", False, str(error)
+        return
     if deployed is None:
         yield (
             "versions",
