@@ -26,6 +26,7 @@ from redun_modal_executor.errors import (
     CodePackageError,
     DatabaseBusyError,
     ModalAuthError,
+    ModalUnreachableError,
     PayloadError,
     RemoteCallError,
     SerializationError,
@@ -269,9 +270,9 @@ class ModalExecutor(Executor):
         """Refuse a launch whose database another launched scheduler is writing."""
         try:
             check_database_free(backend, launch.database)
-        except DatabaseBusyError:
+        except (DatabaseBusyError, ModalAuthError, ModalUnreachableError):
             raise
-        except Exception as error:  # Modal unreachable: the spawn, or the call, will tell.
+        except Exception as error:  # Not checked here: the launched call checks again.
             self.log(f"could not check who uses the scheduler database: {error}")
 
     def _open_inflight_calls(self, backend: Backend) -> InflightCalls | None:

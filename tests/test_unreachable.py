@@ -322,3 +322,15 @@ def test_errors_before_a_spawn_say_so(monkeypatch):
         explain(modal.exception.InvalidError("bad"), "Task t", CallOptions(), None)
     )
     assert str(other) == "Task t: the Modal call could not be spawned: InvalidError: bad"
+
+
+@pytest.mark.e2e
+def test_a_detached_launch_says_modal_cannot_be_reached(project):
+    project.write(".redun/redun.ini", "[executors.default]\ntype = modal\n")
+    url = f"http://127.0.0.1:{closed_port()}"
+    env = modal_env(project, url)
+    command = ("launch", "--executor", "default", "redun", "run", "wf.py", "main")
+    process, seconds = run(project, env, REDUN, *command)
+    assert process.returncode == 1, process.stdout
+    assert seconds < COMMAND_LIMIT  # Checking the scheduler's database is bounded too.
+    assert f"RedunClientError: redun launch: {unreachable_line(url)}" in process.stdout
