@@ -63,6 +63,7 @@ def sum_all(values: list) -> int:
 # A test so marked runs twice: its project's database is redun's default sqlite file, then a
 # new Postgres database (the `postgres_db_uri` fixture; skipped where no server is installed).
 ON_EACH_DATABASE = pytest.mark.parametrize("project", ["sqlite", "postgres"], indirect=True)
+ON_POSTGRES = pytest.mark.parametrize("project", ["postgres"], indirect=True)  # Postgres only.
 
 
 @dataclass
