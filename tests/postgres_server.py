@@ -28,6 +28,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,18 @@ class PostgresServer:
         self._administer(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
         )
+
+    def wait_until_ready(self, timeout: float = 60) -> None:
+        """Until it accepts connections: its port opens while it is still starting up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._administer(sql.SQL("SELECT 1"))
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _administer(self, statement: sql.Composable) -> None:
         with psycopg.connect(
@@ -169,6 +182,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             pytest.fail(f"PostgreSQL ({pg_ctl}) did not start: {error!r}\n{said}")
         try:
             server = PostgresServer(executor, executor.host, executor.port, executor.user)
+            server.wait_until_ready()
             _make_template(server)
             yield server
         finally:

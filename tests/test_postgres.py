@@ -1,0 +1,213 @@
+"""Two schedulers sharing one Postgres database at once, as a team's runs do.
+
+What the design guarantees, and so what is asserted: redun takes no lock on a job across
+schedulers. A job that neither of two concurrent schedulers found cached may run in both, once
+in each: never more, and never not at all. Both runs finish with the right result, both are
+recorded whole, and a run started after they have finished finds every job cached and runs
+nothing. On the Modal backend both schedulers write the reattach ledger; it is empty once both
+have finished.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from helpers import APP, ON_POSTGRES, Project, final_line, inflight_rows, ran, wait_for
+from redun.backends.db import Execution, Job
+
+from redun_modal_executor import inflight
+from redun_modal_executor.inflight import INFLIGHT_CALLS, InflightCalls
+
+pytestmark = pytest.mark.e2e
+
+# Each execution of a task appends its name and argument to the file `log`, so that a test can
+# count how often each job ran, whichever scheduler ran it.
+COUNTED = """\
+import time
+from redun import task
+
+def note(log: str, what: str) -> None:
+    with open(log, "a") as file:  # One short append per line: whole lines, in any order.
+        file.write(what + "\\n")
+
+@task
+def work(i: int, log: str, seconds: float) -> int:
+    note(log, f"work {i}")
+    time.sleep(seconds)
+    return i * i
+
+@task
+def main(n: int, log: str, seconds: float = 0.5) -> int:
+    note(log, "main")
+    return total([work(i, log, seconds) for i in range(n)], log)
+
+@task
+def total(values: list, log: str) -> int:
+    note(log, "total")
+    return sum(values)
+"""
+N = 6
+RESULT = str(sum(i * i for i in range(N)))
+JOBS = [f"work {i}" for i in range(N)] + ["main", "total"]
+
+
+def executions(log: Path) -> Counter:
+    """How many times each job has run, by what it wrote."""
+    return Counter(log.read_text().splitlines()) if log.exists() else Counter()
+
+
+def run_two_at_once(project: Project, *args: str, timeout: float = 180) -> list[str]:
+    """Start two `redun run wf.py main ...` in the project at once; both must exit 0."""
+    processes = [project.start("run", "wf.py", "main", *args) for _ in range(2)]
+    try:
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output
+    return outputs
+
+
+def recorded_executions(project: Project) -> dict[str, list]:
+    """Each execution in the database: its jobs' (task hash, whether ended) pairs."""
+    query = sa.select(Job.execution_id, Job.end_time.is_not(None))
+    jobs: dict[str, list] = {}
+    for execution_id, ended in project.query(query):
+        jobs.setdefault(execution_id, []).append(ended)
+    ids = [row.id for row in project.query(sa.select(Execution.id))]
+    return {execution_id: jobs.get(execution_id, []) for execution_id in ids}
+
+
+def assert_both_recorded_whole(project: Project, count: int) -> None:
+    """`redun log` lists `count` runs of the workflow, each with every job it ran, ended."""
+    listed = project.redun("log").stdout
+    assert listed.count("run wf.py main") == count, listed
+    recorded = recorded_executions(project)
+    assert len(recorded) == count
+    for jobs in recorded.values():
+        assert len(jobs) == len(JOBS) and all(jobs), recorded
+
+
+@ON_POSTGRES
+def test_two_schedulers_on_one_database_finish_and_a_third_runs_nothing(project):
+    project.write("wf.py", COUNTED)
+    log = project.root / "executions.txt"
+    args = ("--n", str(N), "--log", str(log))
+    outputs = run_two_at_once(project, *args)
+    assert [final_line(output) for output in outputs] == [RESULT, RESULT]
+
+    ran_by_each = Counter(executions(log))
+    # Every job ran, in one scheduler or in both: at most once in each.
+    assert set(ran_by_each) == set(JOBS)
+    assert all(1 <= times <= 2 for times in ran_by_each.values()), ran_by_each
+    dispatched = sum(ran(output, task) for output in outputs for task in ("main", "work", "total"))
+    assert sum(ran_by_each.values()) == dispatched  # What each scheduler says it ran, it ran.
+    print(f"two schedulers at once: {sum(ran_by_each.values())} executions of {len(JOBS)} jobs")
+    assert_both_recorded_whole(project, 2)
+
+    after = project.redun("run", "wf.py", "main", *args).stdout
+    assert final_line(after) == RESULT
+    assert executions(log) == ran_by_each  # Nothing ran again: 0 new executions.
+    assert "Run    Job" not in after
+    assert_both_recorded_whole(project, 3)
+
+
+NAPS = """\
+import time
+from redun import task
+
+@task
+def nap(i: int) -> int:
+    time.sleep(2)
+    return i
+
+@task
+def main(n: int = 4) -> int:
+    return total([nap(i) for i in range(n)])
+
+@task
+def total(values: list) -> int:
+    return sum(values)
+"""
+
+
+@ON_POSTGRES
+def test_two_modal_schedulers_share_the_reattach_ledger(modal_project, fake_modal):
+    modal_project.write("wf.py", NAPS)
+    outputs = run_two_at_once(modal_project)
+    assert [final_line(output) for output in outputs] == ["6", "6"]
+    jobs = 4 + 2  # main, 4 x nap, total
+    executed = fake_modal.executions[f"{APP}/run_job"]
+    # A job runs once per scheduler at most; one that a scheduler found in the ledger, written
+    # by the other, it awaited instead of running it again.
+    reattached = sum(output.count("reattaching to Modal call fc-") for output in outputs)
+    assert jobs <= executed <= 2 * jobs
+    print(f"two Modal schedulers at once: {executed} executions, {reattached} reattached")
+    assert inflight_rows(modal_project) == {}  # Nothing left behind.
+    again = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(again) == "6"
+    assert fake_modal.executions[f"{APP}/run_job"] == executed
+
+
+# Two ledgers at once, step by step: one scheduler's transaction is held open while the
+# other's waits on it, which only Postgres lets happen (sqlite has one writer at a time).
+
+
+def waiting_on_a_lock(engine: sa.engine.Engine) -> bool:
+    """Whether some session of the database waits for a lock another holds."""
+    query = sa.text(
+        "select count(*) from pg_stat_activity "
+        "where wait_event_type = 'Lock' and datname = current_database()"
+    )
+    with engine.connect() as connection:
+        return connection.execute(query).scalar() > 0
+
+
+def test_two_schedulers_creating_the_ledger_at_once_share_it(postgres_db_uri):
+    """Both find no table and create it; the second CREATE waits for the first, then fails
+    (Postgres checks the name when the first commits). The second must use the first's."""
+    engine = sa.create_engine(postgres_db_uri)
+    errors: list[object] = []
+    opened: list[InflightCalls] = []
+
+    def second_scheduler() -> None:
+        try:
+            opened.append(InflightCalls(engine, nullcontext, errors.append))
+        except Exception as error:
+            errors.append(error)
+
+    second = threading.Thread(target=second_scheduler)
+    with engine.begin() as first:  # The first scheduler has created it, not yet committed.
+        inflight._metadata.create_all(first, tables=[INFLIGHT_CALLS], checkfirst=True)
+        second.start()
+        wait_for(lambda: waiting_on_a_lock(engine), timeout=30)
+    second.join(timeout=30)
+    assert errors == [] and len(opened) == 1
+    opened[0].release()
+    engine.dispose()
+
+
+def test_two_schedulers_recording_the_same_job_at_once_lose_no_batch(postgres_db_uri):
+    """Both run a job neither found cached and record their calls for it at once: the later
+    write waits for the earlier, then replaces its row, and writes the rest of its batch."""
+    engine = sa.create_engine(postgres_db_uri)
+    errors: list[str] = []
+    calls = InflightCalls(engine, nullcontext, errors.append)
+    row = {"eval_hash": "e" * 40, "call_id": "fc-other", "task": "work", "spawned_at": 0.0}
+    with engine.begin() as other:  # The other scheduler's batch, written, not yet committed.
+        other.execute(INFLIGHT_CALLS.insert(), [row])
+        calls.record("e" * 40, "fc-mine", "work")
+        calls.record("f" * 40, "fc-mine-too", "work")
+        wait_for(lambda: waiting_on_a_lock(engine), timeout=30)
+    database = Project(Path("."), postgres_db_uri)  # Only to read the ledger with.
+    wait_for(lambda: errors or len(inflight_rows(database)) == 2, timeout=30)
+    assert errors == []
+    assert inflight_rows(database) == {"e" * 40: "fc-mine", "f" * 40: "fc-mine-too"}
+    calls.release()
+    engine.dispose()
