@@ -17,7 +17,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import APP, ON_POSTGRES, Project, final_line, inflight_rows, ran, wait_for
+from helpers import (
+    APP,
+    MODAL_CONFIG,
+    ON_POSTGRES,
+    SUM_OF_SQUARES,
+    Project,
+    final_line,
+    inflight_rows,
+    ran,
+    wait_for,
+)
 from redun.backends.db import Execution, Job
 
 from redun_modal_executor import inflight
@@ -153,6 +163,35 @@ def test_two_modal_schedulers_share_the_reattach_ledger(modal_project, fake_moda
     again = modal_project.redun("run", "wf.py", "main").stdout
     assert final_line(again) == "6"
     assert fake_modal.executions[f"{APP}/run_job"] == executed
+
+
+@ON_POSTGRES
+def test_a_user_who_may_not_create_tables_runs_without_reattaching(modal_project, fake_modal):
+    """Teams often run redun as a Postgres user that may write redun's tables but not create
+    one (and since Postgres 15 only the schema's owner may create tables in `public`). The
+    ledger is then missing: the run goes on without reattaching, and says why."""
+    url = sa.engine.make_url(modal_project.db_uri)
+    runner = f"runner_{url.database}"[:63]
+    owner = sa.create_engine(url)
+    with owner.begin() as connection:
+        connection.execute(sa.text(f"create role {runner} login"))
+        connection.execute(
+            sa.text(
+                f"grant select, insert, update, delete on all tables in schema public to {runner}"
+            )
+        )
+        connection.execute(sa.text(f"grant usage on all sequences in schema public to {runner}"))
+    owner.dispose()
+    modal_project.db_uri = url.set(username=runner).render_as_string()
+    modal_project.configure(MODAL_CONFIG)
+    modal_project.write("wf.py", SUM_OF_SQUARES)
+    output = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(output) == "14"
+    assert (
+        "reattaching is off for this run: the table redun_modal_inflight_call could not be "
+        "opened in the redun database (permission denied for schema public)"
+    ) in output
+    assert fake_modal.executions[f"{APP}/run_job"] == 6
 
 
 # Two ledgers at once, step by step: one scheduler's transaction is held open while the
