@@ -13,6 +13,7 @@ from helpers import APP, LOCAL_CONFIG, MODAL_CONFIG, TARGET, Project
 pytest_plugins = [
     "fake_modal",  # The `fake_modal` fixture: a Modal control plane on 127.0.0.1.
     "postgres_server",  # `postgres_db_uri`: a new database on a throwaway PostgreSQL server.
+    "pytester",  # pytest's own, to run pytest on a test file made by a test.
 ]
 
 

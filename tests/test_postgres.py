@@ -10,6 +10,7 @@ have finished.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from contextlib import nullcontext
@@ -250,3 +251,32 @@ def test_two_schedulers_recording_the_same_job_at_once_lose_no_batch(postgres_db
     assert inflight_rows(database) == {"e" * 40: "fc-mine", "f" * 40: "fc-mine-too"}
     calls.release()
     engine.dispose()
+
+
+# Where no server is installed.
+
+MISSING_SERVER = """\
+import postgres_server
+
+postgres_server.find_pg_ctl = lambda: None  # As where the `postgresql` package is missing.
+pytest_plugins = ["postgres_server"]
+"""
+
+
+@pytest.mark.parametrize("ci", [None, "true"])
+def test_without_the_server_binaries_postgres_tests_skip_but_fail_in_ci(pytester, monkeypatch, ci):
+    tests = Path(__file__).parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tests), str(tests.parent)]))
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    pytester.makeconftest(MISSING_SERVER)
+    pytester.makepyfile("def test_on_postgres(postgres_db_uri):\n    pass\n")
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    hint = "PostgreSQL server binaries not found: `apt-get install postgresql` (Debian)"
+    if ci is None:
+        result.assert_outcomes(skipped=1)
+    else:
+        result.assert_outcomes(errors=1)
+    assert hint in result.stdout.str()
