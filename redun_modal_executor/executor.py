@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy
 from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
@@ -34,7 +35,7 @@ from redun_modal_executor.errors import (
     is_retriable,
     recordable,
 )
-from redun_modal_executor.inflight import InflightCalls
+from redun_modal_executor.inflight import INFLIGHT_CALLS, InflightCalls
 from redun_modal_executor.launch.spec import LaunchSpec
 from redun_modal_executor.launch.submit import (
     build_launch,
@@ -286,7 +287,17 @@ class ModalExecutor(Executor):
             # could reattach from it anyway.
             return None
         # redun's session guard keeps its database to one writer at a time (sqlite has one).
-        return InflightCalls(engine, redun_backend.with_session, self.log)
+        try:
+            return InflightCalls(engine, redun_backend.with_session, self.log)
+        except sqlalchemy.exc.SQLAlchemyError as error:  # A saving, not a duty: run without.
+            # Typically a Postgres user that may write redun's tables but not create one.
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            self.log(
+                f"reattaching is off for this run: the table {INFLIGHT_CALLS.name} could not "
+                f"be opened in the redun database ({reason}); create it once as a user who "
+                "may (any run by such a user does), or set reattach = false"
+            )
+            return None
 
     def _where_tags(self, backend: Backend, options: CallOptions) -> list[tuple[str, Any]]:
         """Job tags saying where and how a job runs, for `redun log` and `redun console`."""

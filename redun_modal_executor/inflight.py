@@ -60,9 +60,16 @@ class InflightCalls:
         self._pending: dict[str, dict[str, Any]] = {}  # eval_hash -> its row, not yet written
         self._stopping = False
         self._flusher: threading.Thread | None = None
+        try:
+            with self._guard(), self._engine.begin() as connection:
+                _metadata.create_all(connection, tables=[INFLIGHT_CALLS], checkfirst=True)
+        except sa.exc.DBAPIError:
+            # Postgres lets two schedulers starting at once both try to create it; the one
+            # that commits second fails, and uses the other's.
+            if not sa.inspect(self._engine).has_table(INFLIGHT_CALLS.name):
+                raise
         query = sa.select(INFLIGHT_CALLS.c.eval_hash, INFLIGHT_CALLS.c.call_id)
         with self._guard(), self._engine.begin() as connection:
-            _metadata.create_all(connection, tables=[INFLIGHT_CALLS], checkfirst=True)
             self._left_behind = {row.eval_hash: row.call_id for row in connection.execute(query)}
 
     def claim(self, eval_hash: str) -> str | None:
@@ -136,12 +143,26 @@ class InflightCalls:
                 )
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
+        """Insert the rows, each replacing the row of its job if there is one: an upsert, so
+        that a row another scheduler inserts at the same moment (it runs the same job, on
+        Postgres) is replaced, not a conflict that loses the whole batch."""
         with self._guard(), self._engine.begin() as connection:
-            for batch in _batches([row["eval_hash"] for row in rows]):
-                connection.execute(
-                    INFLIGHT_CALLS.delete().where(INFLIGHT_CALLS.c.eval_hash.in_(batch))
-                )
-            connection.execute(INFLIGHT_CALLS.insert(), rows)
+            connection.execute(_upsert(connection.dialect.name), rows)
+
+
+def _upsert(dialect: str) -> sa.sql.Insert:
+    """INSERT ... ON CONFLICT (eval_hash) DO UPDATE, in the database's dialect (redun's
+    databases are sqlite and Postgres, the two that have one)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(INFLIGHT_CALLS)
+    replaced = ("call_id", "task", "spawned_at")
+    return statement.on_conflict_do_update(
+        index_elements=[INFLIGHT_CALLS.c.eval_hash],
+        set_={name: statement.excluded[name] for name in replaced},
+    )
 
 
 def _batches(hashes: list[str]) -> list[list[str]]:

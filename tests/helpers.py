@@ -1,14 +1,12 @@
 """What the test modules share: a throwaway redun project and the `redun` and `redun-modal`
 commands run in it as a user would, the configs and names of the "deployed" app, readers of
-`redun`'s output, and a bounded wait. Fixtures are in conftest.py; test modules import from
-here, never from one another."""
+`redun`'s output and of its database (sqlite or Postgres), and a bounded wait. Fixtures are in
+conftest.py; test modules import from here, never from one another."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,8 +15,15 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from redun.backends.db import Job, Tag, Task
+
+from redun_modal_executor.inflight import INFLIGHT_CALLS
 
 REDUN = str(Path(sys.executable).with_name("redun"))
 REDUN_MODAL = str(Path(sys.executable).with_name("redun-modal"))
@@ -57,15 +62,38 @@ def sum_all(values: list) -> int:
 """
 
 
+# A test so marked runs twice: its project's database is redun's default sqlite file, then a
+# new Postgres database (the `postgres_db_uri` fixture; skipped where no server is installed).
+ON_EACH_DATABASE = pytest.mark.parametrize("project", ["sqlite", "postgres"], indirect=True)
+ON_POSTGRES = pytest.mark.parametrize("project", ["postgres"], indirect=True)  # Postgres only.
+
+
 @dataclass
 class Project:
     root: Path
+    db_uri: str | None = None  # None: redun's default, .redun/redun.db
 
     def write(self, relative: str, text: str) -> Path:
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
         return path
+
+    def configure(self, config: str) -> Path:
+        """Write `.redun/redun.ini`: `config`, then the project's db_uri where it has one."""
+        backend = f"\n[backend]\ndb_uri = {self.db_uri}\n" if self.db_uri else ""
+        return self.write(".redun/redun.ini", textwrap.dedent(config) + backend)
+
+    @cached_property
+    def database(self) -> sa.engine.Engine:
+        """The project's redun database, read through SQLAlchemy whichever it is. A connection
+        per query (NullPool), so that no connection outlives the query."""
+        uri = self.db_uri or f"sqlite:///{self.root / '.redun' / 'redun.db'}"
+        return sa.create_engine(uri, poolclass=sa.pool.NullPool)
+
+    def query(self, statement: Any) -> list[sa.Row]:
+        with self.database.connect() as connection:
+            return list(connection.execute(statement))
 
     def command(self, *args: str) -> list[str]:
         return [REDUN, *args]
@@ -107,6 +135,34 @@ class Project:
         return process
 
 
+def inflight_rows(project: Project) -> dict[str, str]:
+    """The reattach ledger: eval_hash -> Modal call id (empty before the table exists)."""
+    if not sa.inspect(project.database).has_table(INFLIGHT_CALLS.name):
+        return {}
+    query = sa.select(INFLIGHT_CALLS.c.eval_hash, INFLIGHT_CALLS.c.call_id)
+    return dict(project.query(query))
+
+
+def job_tag_rows(project: Project, task: str) -> list[tuple[str, Any]]:
+    """(key, value) of each tag of each job of `task`, values decoded from JSON."""
+    query = (
+        sa.select(Tag.key, Tag.value)
+        .join(Job, Tag.entity_id == Job.id)
+        .join(Task, Job.task_hash == Task.hash)
+        .where(Task.name == task)
+    )
+    return [(key, value) for key, value in project.query(query)]
+
+
+def job_tags(project: Project, task: str) -> dict:
+    return dict(job_tag_rows(project, task))
+
+
+def call_tags(project: Project, task: str) -> list[str]:
+    """The ``modal_call`` tags of every job of ``task``."""
+    return [value for key, value in job_tag_rows(project, task) if key == "modal_call"]
+
+
 def redun_modal(
     project: Project, *args: str, check: bool = True, timeout: float = 180
 ) -> subprocess.CompletedProcess:
@@ -140,30 +196,6 @@ def ran(output: str, task: str) -> int:
 
 def final_line(output: str) -> str:
     return output.strip().splitlines()[-1]
-
-
-def job_tag_rows(project: Project, task: str) -> list[tuple[str, Any]]:
-    """The tags (key, value) of every job of `task` in the project's redun database."""
-    query = (
-        "select tag.key, tag.value from tag join job on tag.entity_id = job.id "
-        "join task on job.task_hash = task.hash where task.name = ?"
-    )
-    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
-        return [(key, json.loads(value)) for key, value in db.execute(query, (task,))]
-
-
-def call_tags(project: Project, task: str) -> list[str]:
-    """The ``modal_call`` tags of every job of `task`: the call ids, in the database's order."""
-    return [value for key, value in job_tag_rows(project, task) if key == "modal_call"]
-
-
-def inflight_rows(project: Project) -> int:
-    """Rows of the reattach ledger in the project's redun database."""
-    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
-        try:
-            return db.execute("select count(*) from redun_modal_inflight_call").fetchone()[0]
-        except sqlite3.OperationalError:  # Not created yet.
-            return 0
 
 
 def wait_for(

@@ -10,11 +10,12 @@ import pytest
 from helpers import (
     APP,
     MODAL_CONFIG,
+    ON_EACH_DATABASE,
     SUM_OF_SQUARES,
     call_tags,
     final_line,
     inflight_rows,
-    job_tag_rows,
+    job_tags,
     ran,
     wait_for,
 )
@@ -204,7 +205,7 @@ def kill_mid_run(project, fake_modal) -> None:
         # schedule (queued before the record, written maybe after it).
         return (
             fake_modal.running == 3
-            and inflight_rows(project) == 4
+            and len(inflight_rows(project)) == 4
             and len(call_tags(project, "nap")) == 3
         )
 
@@ -215,14 +216,12 @@ def kill_mid_run(project, fake_modal) -> None:
         process.wait()
 
 
+@ON_EACH_DATABASE
 def test_killed_scheduler_reattaches_instead_of_running_again(modal_project, fake_modal):
-    import sqlite3
-
     modal_project.write("wf.py", NAPS)
     kill_mid_run(modal_project, fake_modal)
     assert fake_modal.running == 3
-    with sqlite3.connect(modal_project.root / ".redun" / "redun.db") as db:
-        left = {row[0] for row in db.execute("select call_id from redun_modal_inflight_call")}
+    left = set(inflight_rows(modal_project).values())
 
     output = modal_project.redun("run", "wf.py", "main").stdout
     assert final_line(output) == "3"
@@ -233,19 +232,15 @@ def test_killed_scheduler_reattaches_instead_of_running_again(modal_project, fak
     assert len(naps) == 6 and len(set(naps)) == 3 and set(naps) <= left
     executions = fake_modal.executions[f"{APP}/run_job"]
     assert executions == 5  # main, 3 x nap and total: each ran exactly once.
-    assert inflight_rows(modal_project) == 0  # A run that ends normally leaves no rows.
+    assert inflight_rows(modal_project) == {}  # A run that ends normally leaves no rows.
 
 
 def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
-    import sqlite3
-
     import modal
 
     modal_project.write("wf.py", NAPS)
     kill_mid_run(modal_project, fake_modal)
-    with sqlite3.connect(modal_project.root / ".redun" / "redun.db") as db:
-        call_ids = [row[0] for row in db.execute("select call_id from redun_modal_inflight_call")]
-    for call_id in call_ids:
+    for call_id in inflight_rows(modal_project).values():
         modal.FunctionCall.from_id(call_id).cancel()
     fake_modal.wait_until(lambda: fake_modal.running == 0)
 
@@ -253,10 +248,6 @@ def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
     assert final_line(output) == "3"
     assert output.count("reattaching to Modal call fc-") == 3
     assert fake_modal.executions[f"{APP}/run_job"] == 5 + 3  # The naps ran again, once.
-
-
-def job_tags(project, task: str) -> dict:
-    return dict(job_tag_rows(project, task))
 
 
 def test_jobs_are_tagged_with_their_call_image_and_resources(modal_project, fake_modal):
