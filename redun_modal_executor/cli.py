@@ -74,6 +74,14 @@ def deploy_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        if first.memory_snapshot != config.memory_snapshot:
+            print(
+                f"[executors.{first.name}] and [executors.{config.name}] deploy the same app "
+                f"{config.app_name!r} with different memory_snapshot settings: give one its own "
+                "app_name, or the same setting.",
+                file=sys.stderr,
+            )
+            return 2
     for config in apps.values():
         names = ", ".join(function_name(image) for image in config.images)
         print(f"Deploying Modal app {config.app_name!r} for [executors.{config.name}]: {names}")

@@ -20,6 +20,7 @@ def test_defaults():
     assert config.app_name == "redun-modal-executor"
     assert config.environment is None
     assert config.ship_code is True
+    assert config.memory_snapshot is True
     assert config.scratch == "/tmp/redun"
     assert config.images == {"default": ImageSpec("default")}
     assert config.task_defaults == {}
@@ -44,10 +45,12 @@ def test_parses_strings_from_redun_ini():
             "memory": "2048",
             "secrets": "hf-token, aws",
             "volumes": "/data=reads, /ref=genomes",
+            "memory_snapshot": "off",
         },
     )
     assert (config.backend, config.max_workers, config.environment) == ("local", 3, "dev")
     assert config.ship_code is False
+    assert config.memory_snapshot is False
     assert config.images == {
         "default": ImageSpec(
             "default", pip=("pandas==2.2", "numpy>=1.26,<3", "scikit-learn"), apt=("samtools",)
@@ -87,6 +90,7 @@ def test_accepts_redun_046_class_key():
         ({"image": "gpu"}, "image 'gpu' is not configured. Configured images: default."),
         ({"ship_code": "maybe"}, "ship_code must be true or false; got 'maybe'"),
         ({"volumes": "data"}, "volumes must be written /mount/path=volume-name; got 'data'"),
+        ({"memory_snapshot": "maybe"}, "memory_snapshot must be true or false; got 'maybe'"),
         (
             {"code_excludes": "'my notes/**"},
             "code_excludes must be glob patterns separated by spaces, quoted as in a shell "

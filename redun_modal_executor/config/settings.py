@@ -94,6 +94,13 @@ class ExecutorConfig:
     images: Mapping[str, ImageSpec] = settings_from(
         ImageSpec, lambda: {DEFAULT_IMAGE: ImageSpec(DEFAULT_IMAGE)}
     )
+    memory_snapshot: bool = setting(
+        True,
+        parsers.flag,
+        "Deploy the generic function with Modal's memory snapshots: a new container starts "
+        "from a snapshot taken after redun and the worker were imported, instead of importing "
+        "them. Takes effect at ``redun-modal deploy``.",
+    )
     ship_code: bool = setting(
         True,
         parsers.flag,
