@@ -34,8 +34,11 @@ def test_task_options_map_to_with_options_arguments():
             "region": "us-east",
             "cloud": "aws",
             "max_containers": 10,
+            "buffer_containers": 1,
+            "scaledown_window": 120,
             "secrets": ["hf-token"],
             "volumes": {"/data": "my-volume"},
+            "env": {"MODE": "fast", "LOG_LEVEL": "debug"},
         },
         config,
     )
@@ -53,19 +56,48 @@ def test_task_options_map_to_with_options_arguments():
         "region": "us-east",
         "cloud": "aws",
         "max_containers": 10,
+        "buffer_containers": 1,
+        "scaledown_window": 120,
         "secrets": [("secret", "hf-token", {"environment_name": "dev"})],
         "volumes": {"/data": ("volume", "my-volume", {"environment_name": "dev"})},
+        "env": {"LOG_LEVEL": "debug", "MODE": "fast"},
     }
 
 
-def test_with_options_never_gets_env():
-    # env= would create a Secret and a new variant per call; environment travels otherwise.
-    options = CallOptions(timeout=5, gpu="T4", secrets=("s",), volumes=(("/d", "v"),))
+def test_with_options_takes_every_argument_modal_options_gives():
+    # Each name checked against the installed client's signature, not against a guess.
+    import inspect
+
+    accepted = inspect.signature(modal.Function.with_options).parameters
+    options = CallOptions(
+        timeout=5,
+        gpu="T4",
+        cpu=1,
+        memory=512,
+        retries=1,
+        region="us-east",
+        cloud="aws",
+        max_containers=3,
+        buffer_containers=1,
+        scaledown_window=30,
+        secrets=("s",),
+        volumes=(("/d", "v"),),
+        env=(("A", "1"),),
+    )
     with (
         mock.patch.object(modal.Secret, "from_name"),
         mock.patch.object(modal.Volume, "from_name"),
     ):
-        assert "env" not in modal_options(options, None)
+        given = modal_options(options, None)
+    assert set(given) == set(options.set_options()) - {"image"}
+    assert set(given) <= set(accepted)
+
+
+def test_env_goes_to_with_options_only_when_set():
+    assert "env" not in modal_options(CallOptions(timeout=5), None)
+    assert modal_options(CallOptions(env=(("A", "1"), ("B", ""))), None) == {
+        "env": {"A": "1", "B": ""}
+    }
 
 
 def test_image_spec_pins_python_redun_and_cloudpickle():
