@@ -75,8 +75,9 @@ class ExecutorConfig:
         parsers.positive_int,
         "Most jobs running at once on the ``local`` backend. Workers are separate Python "
         "processes, started on demand and reused across jobs. (On Modal, use "
-        "``max_containers``.) The local backend honours the ``timeout`` and ``retries`` task "
-        "options; it accepts and checks the others, so a GPU task runs on the CPU there.",
+        "``max_containers``.) The local backend honours the ``timeout``, ``retries`` and "
+        "``env`` task options; it accepts and checks the others, so a GPU task runs on the "
+        "CPU there.",
         shown="number of CPUs",
     )
     app_name: str = setting(
