@@ -46,6 +46,16 @@ def _deployed_configs(args: argparse.Namespace) -> list[ExecutorConfig]:
     ]
 
 
+# What the sections that deploy one app must agree on, and what to say when they do not.
+_SHARED = (
+    ("images", "images: give one its own app_name, or the same image keys"),
+    (
+        "memory_snapshot",
+        "memory_snapshot settings: give one its own app_name, or the same setting",
+    ),
+)
+
+
 def deploy_command(args: argparse.Namespace) -> int:
     """Build the images configured in redun.ini and deploy the app. Run it once, and again
     after changing images or dependencies; code changes need no redeploy."""
@@ -67,11 +77,13 @@ def deploy_command(args: argparse.Namespace) -> int:
     for config in configs:
         target = (config.app_name, config.environment)
         first = apps.setdefault(target, config)
-        if first.images != config.images:
+        differs = next(
+            (text for key, text in _SHARED if getattr(first, key) != getattr(config, key)), None
+        )
+        if differs is not None:
             print(
                 f"[executors.{first.name}] and [executors.{config.name}] deploy the same app "
-                f"{config.app_name!r} with different images: give one its own app_name, or "
-                "the same image keys.",
+                f"{config.app_name!r} with different {differs}.",
                 file=sys.stderr,
             )
             return 2

@@ -303,7 +303,7 @@ class ModalExecutor(Executor):
         """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
         tags = backend.job_tags()
         for name, value in options.set_options().items():
-            if name == "volumes":
+            if name in ("volumes", "env"):
                 value = dict(value)
             elif isinstance(value, tuple):
                 value = list(value)

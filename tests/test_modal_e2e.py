@@ -86,6 +86,48 @@ def test_task_options_become_one_bound_variant(modal_project, fake_modal):
     assert fake_modal.rpc_counts["FunctionBindParams"] == 1
 
 
+def test_env_reaches_the_task_and_warm_pool_options_reach_modal(modal_project, fake_modal):
+    modal_project.write(".redun/redun.ini", MODAL_CONFIG + "env = MODE=slow, LEFT=over\n")
+    modal_project.write(
+        "wf.py",
+        """\
+        import os
+        from redun import task
+
+        @task(env={"MODE": "fast", "GREETING": "hi, there"}, secrets=["hf-token"],
+              buffer_containers=1, scaledown_window=30)
+        def tuned() -> list:
+            return [os.environ.get(name) for name in ("MODE", "GREETING", "HF_TOKEN", "LEFT")]
+
+        @task
+        def plain() -> list:
+            return [os.environ.get(name) for name in ("MODE", "LEFT")]
+
+        @task
+        def main() -> list:
+            return [tuned(), plain()]
+        """,
+    )
+    output = modal_project.redun("run", "wf.py", "main").stdout
+    # A task's env replaces the executor's (LEFT is gone); Secrets still come with it.
+    assert final_line(output) == (
+        "[['fast', 'hi, there', 'not-a-real-token', None], ['slow', 'over']]"
+    )
+    # main and plain share one option set: one variant each set, and one Secret each env.
+    binds = sorted(fake_modal.binds, key=lambda bind: "GREETING" in bind.env)
+    assert [bind.env for bind in binds] == [
+        {"MODE": "slow", "LEFT": "over"},
+        {"MODE": "fast", "GREETING": "hi, there"},
+    ]
+    assert fake_modal.rpc_counts["SecretGetOrCreate"] == 3  # hf-token, and the two env
+    assert binds[-1].secrets == ("hf-token",)  # The env Secret is anonymous: no name.
+    assert (binds[-1].buffer_containers, binds[-1].scaledown_window) == (1, 30)
+    assert (binds[0].buffer_containers, binds[0].scaledown_window) == (None, None)
+    tags = job_tags(modal_project, "tuned")
+    assert tags["modal_env"] == {"GREETING": "hi, there", "MODE": "fast"}
+    assert (tags["modal_buffer_containers"], tags["modal_scaledown_window"]) == (1, 30)
+
+
 def test_big_values_travel_through_blobs(modal_project, fake_modal):
     modal_project.write(
         "wf.py",

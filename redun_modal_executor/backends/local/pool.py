@@ -42,22 +42,29 @@ class _WorkItem:
     def timeout(self) -> float | None:
         return self.call.options.timeout
 
+    @property
+    def env(self) -> tuple[tuple[str, str], ...]:
+        return self.call.options.env
+
 
 class _Worker:
     """One worker process and the socket to it.
 
     A new worker first sends an empty message once its imports are done; its call is
-    transmitted only then, so start-up does not count against the call's timeout.
+    transmitted only then, so start-up does not count against the call's timeout. It is
+    started with the ``env`` task option of its first call, and takes only calls with the
+    same ``env`` (as on Modal, where each option set has containers of its own).
     """
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, base_env: dict[str, str], env: tuple[tuple[str, str], ...]) -> None:
+        self.env = env
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                env=env,
+                env={**base_env, **dict(env)},
                 # Own process group: Ctrl-C reaches the scheduler, which cancels; and a
                 # timeout kill takes the task's own child processes with it.
                 start_new_session=True,
@@ -116,13 +123,15 @@ class _Worker:
         return f"exited with status {code}"
 
 
-def worker_environment() -> dict[str, str]:
-    """Workers import task modules from the same places this process does."""
+def worker_environment(extra: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    """Workers import task modules from the same places this process does; ``extra`` (a
+    call's ``env`` option) is set on top."""
     env = dict(os.environ)
     paths = [path for path in sys.path if path]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra)
     return env
 
 
@@ -221,8 +230,13 @@ class WorkerPool:
     ) -> None:
         while queued and (idle or len(busy) < self.max_workers):
             item = queued.popleft()
+            worker = _take_idle(idle, item.env)
+            if worker is None and len(idle) + len(busy) >= self.max_workers:
+                # The idle workers have another env: stop one, so max_workers still holds.
+                idle.pop(0).close()
             try:
-                worker = idle.pop() if idle else _Worker(env)
+                if worker is None:
+                    worker = _Worker(env, item.env)
             except OSError as error:
                 message = f"{item.call.label}: could not start a worker process: {error}"
                 item.call.finish(WorkerDiedError(message))
@@ -235,6 +249,14 @@ class WorkerPool:
                 queued.appendleft(item)
                 continue
             busy[worker.connection] = worker
+
+
+def _take_idle(idle: list[_Worker], env: tuple[tuple[str, str], ...]) -> _Worker | None:
+    """The most recently idle worker started with ``env``, taken out of ``idle``."""
+    for index in range(len(idle) - 1, -1, -1):
+        if idle[index].env == env:
+            return idle.pop(index)
+    return None
 
 
 def _collect(worker: _Worker, idle: list[_Worker], busy: dict[Connection, _Worker]) -> None:

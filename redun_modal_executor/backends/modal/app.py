@@ -5,6 +5,19 @@ under its own name (``run_job`` for the default image, ``run_job_<image>`` for t
 "more images" means "more names for the same function", and a task picks one with its
 ``image`` option. Resources (GPU, CPU, memory, timeout, ...) are not fixed here: the client
 asks for them per task with ``Function.with_options``.
+
+**Memory snapshots.** With ``memory_snapshot`` (the default) the function is deployed with
+``enable_memory_snapshot=True``. A container loads a serialized function by unpickling it,
+and ``run_job`` pickles by reference (this module and its name), so unpickling imports this
+module and its package. The modal client does that before it takes the snapshot
+(``modal/_container_entrypoint.py``: ``run_function`` calls ``hydrate_function``, then
+``function_execution_context``, whose ``lifecycle_context`` calls ``maybe_snapshot``, in
+``modal/_runtime/user_code_imports.py``), so every module-level import here (redun,
+cloudpickle, the worker) is in the snapshot, and a container restored from it does not import
+them again. No code of ours runs in between: ``@enter(snap=True)`` hooks are for classes only.
+So these imports must not start threads, open connections or read the environment (the
+variables of Secrets and ``env`` are set again after a restore, ``memory_restore`` in
+``modal/_runtime/task_lifecycle_manager.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +31,9 @@ import cloudpickle
 import redun
 
 from redun_modal_executor.config import DEFAULT_IMAGE, ExecutorConfig, ImageSpec
+
+# Imported here, not in run_job: module-level imports are in the memory snapshot (see above).
+from redun_modal_executor.worker import run_call
 
 FUNCTION_NAME = "run_job"
 # How long `redun-modal` commands wait for Modal to answer before they say it is unreachable.
@@ -39,8 +55,6 @@ def code_dict_name(app_name: str) -> str:
 
 def run_job(payload: bytes) -> bytes:
     """The generic Modal function: run one redun job's call payload."""
-    from redun_modal_executor.worker import run_call
-
     return run_call(payload)
 
 
@@ -77,9 +91,12 @@ def build_app(config: ExecutorConfig) -> Any:
     for spec in config.images.values():
         # serialized=True: the app is built from redun.ini at deploy time, so a container
         # could not rebuild it by importing this module; it unpickles the function instead.
-        app.function(name=function_name(spec.name), image=build_image(spec), serialized=True)(
-            run_job
-        )
+        app.function(
+            name=function_name(spec.name),
+            image=build_image(spec),
+            serialized=True,
+            enable_memory_snapshot=config.memory_snapshot,
+        )(run_job)
     return app
 
 
@@ -93,6 +110,7 @@ def deployment_manifest(config: ExecutorConfig) -> dict[str, Any]:
         "payload_format": str(FORMAT_VERSION),
         "redun_modal_executor": __version__,
         "functions": [function_name(image) for image in config.images],
+        "memory_snapshot": config.memory_snapshot,
     }
 
 
@@ -199,3 +217,22 @@ def check_deployment(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:
             )
         )
         yield key, same, detail
+    yield _snapshot_check(deployed.get("memory_snapshot"), config.memory_snapshot)
+
+
+def _snapshot_check(deployed: bool | None, configured: bool) -> tuple[str, bool, str]:
+    """Whether the deployed function was deployed with memory snapshots as configured."""
+    if deployed is None:
+        return "memory snapshots", False, "not recorded: redeploy with `redun-modal deploy`"
+
+    def on(value: bool) -> str:
+        return "on" if value else "off"
+
+    if deployed == configured:
+        return "memory snapshots", True, on(deployed)
+    return (
+        "memory snapshots",
+        False,
+        f"deployed {on(deployed)}, memory_snapshot says {on(configured)}: redeploy with "
+        "`redun-modal deploy`",
+    )

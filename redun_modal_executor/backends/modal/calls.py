@@ -68,6 +68,9 @@ def modal_options(options: CallOptions, environment: str | None) -> dict[str, An
             path: modal.Volume.from_name(name, environment_name=environment)
             for path, name in options.volumes
         }
+    if options.env:
+        # The client turns it into a Secret (Secret.from_dict), made when the variant is bound.
+        kwargs["env"] = dict(options.env)
     return kwargs
 
 
