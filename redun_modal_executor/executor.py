@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy
 from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
@@ -35,7 +34,7 @@ from redun_modal_executor.errors import (
     is_retriable,
     recordable,
 )
-from redun_modal_executor.inflight import INFLIGHT_CALLS, InflightCalls
+from redun_modal_executor.inflight import InflightCalls, open_inflight_calls
 from redun_modal_executor.launch.spec import LaunchSpec
 from redun_modal_executor.launch.submit import (
     build_launch,
@@ -278,26 +277,9 @@ class ModalExecutor(Executor):
 
     def _open_inflight_calls(self, backend: Backend) -> InflightCalls | None:
         """The in-flight call table, where reattaching is on and possible."""
-        redun_backend = self._scheduler.backend if self._scheduler else None
-        engine = getattr(redun_backend, "engine", None)
-        if not (self.config.reattach and backend.reattaches and engine is not None):
+        if not (self.config.reattach and backend.reattaches and self._scheduler):
             return None
-        if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
-            # Each thread would see its own empty in-memory database, and no later process
-            # could reattach from it anyway.
-            return None
-        # redun's session guard keeps its database to one writer at a time (sqlite has one).
-        try:
-            return InflightCalls(engine, redun_backend.with_session, self.log)
-        except sqlalchemy.exc.SQLAlchemyError as error:  # A saving, not a duty: run without.
-            # Typically a Postgres user that may write redun's tables but not create one.
-            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-            self.log(
-                f"reattaching is off for this run: the table {INFLIGHT_CALLS.name} could not "
-                f"be opened in the redun database ({reason}); create it once as a user who "
-                "may (any run by such a user does), or set reattach = false"
-            )
-            return None
+        return open_inflight_calls(self._scheduler.backend, self.log)
 
     def _where_tags(self, backend: Backend, options: CallOptions) -> list[tuple[str, Any]]:
         """Job tags saying where and how a job runs, for `redun log` and `redun console`."""

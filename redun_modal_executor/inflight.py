@@ -165,6 +165,30 @@ def _upsert(dialect: str) -> sa.sql.Insert:
     )
 
 
+def open_inflight_calls(redun_backend: Any, log: Callable[[str], None]) -> InflightCalls | None:
+    """The table in redun's database, where one can be kept there; else None, said in ``log``
+    where that is a surprise."""
+    engine = getattr(redun_backend, "engine", None)
+    if engine is None:
+        return None
+    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        # Each thread would see its own empty in-memory database, and no later process
+        # could reattach from it anyway.
+        return None
+    # redun's session guard keeps its database to one writer at a time (sqlite has one).
+    try:
+        return InflightCalls(engine, redun_backend.with_session, log)
+    except sa.exc.SQLAlchemyError as error:  # A saving, not a duty: run without.
+        # Typically a Postgres user that may write redun's tables but not create one.
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        log(
+            f"reattaching is off for this run: the table {INFLIGHT_CALLS.name} could not be "
+            f"opened in the redun database ({reason}); create it once as a user who may (any "
+            "run by such a user does), or set reattach = false"
+        )
+        return None
+
+
 def _batches(hashes: list[str]) -> list[list[str]]:
     """``hashes`` in slices small enough for one statement's bound parameters."""
     return [

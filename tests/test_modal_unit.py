@@ -220,24 +220,15 @@ def test_function_names(image, name):
     assert modal_app.function_name(image) == name
 
 
-def test_deploy_command_refuses_two_image_sets_for_one_app(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "second, differs", [("pip = torch", "images"), ("memory_snapshot = false", "memory_snapshot")]
+)
+def test_deploy_command_refuses_two_sections_of_one_app_that_differ(
+    tmp_path, monkeypatch, capsys, second, differs
+):
     (tmp_path / ".redun").mkdir()
     (tmp_path / ".redun" / "redun.ini").write_text(
-        "[executors.a]\ntype = modal\n[executors.b]\ntype = modal\npip = torch\n"
-    )
-    monkeypatch.chdir(tmp_path)
-    with mock.patch.object(modal_app, "deploy") as deploy:
-        assert cli.main(["deploy"]) == 2
-    deploy.assert_not_called()
-    assert "deploy the same app 'redun-modal-executor' with different images" in (
-        capsys.readouterr().err
-    )
-
-
-def test_deploy_command_refuses_two_snapshot_settings_for_one_app(tmp_path, monkeypatch, capsys):
-    (tmp_path / ".redun").mkdir()
-    (tmp_path / ".redun" / "redun.ini").write_text(
-        "[executors.a]\ntype = modal\n[executors.b]\ntype = modal\nmemory_snapshot = false\n"
+        f"[executors.a]\ntype = modal\n[executors.b]\ntype = modal\n{second}\n"
     )
     monkeypatch.chdir(tmp_path)
     with mock.patch.object(modal_app, "deploy") as deploy:
@@ -245,7 +236,7 @@ def test_deploy_command_refuses_two_snapshot_settings_for_one_app(tmp_path, monk
     deploy.assert_not_called()
     assert (
         "[executors.a] and [executors.b] deploy the same app 'redun-modal-executor' with "
-        "different memory_snapshot settings"
+        f"different {differs}"
     ) in capsys.readouterr().err
 
 

@@ -79,11 +79,15 @@ def count(value: Any) -> int:
     return number
 
 
-def seconds(value: Any) -> float:
-    number = _number(value, float, "a number of seconds")
+def _positive(value: Any, noun: str) -> float:
+    number = _number(value, float, f"a {noun}")
     if not number > 0:
-        raise ValueError(f"must be a positive number of seconds; got {value!r}")
+        raise ValueError(f"must be a positive {noun}; got {value!r}")
     return number
+
+
+def seconds(value: Any) -> float:
+    return _positive(value, "number of seconds")
 
 
 def scaledown_seconds(value: Any) -> int:
@@ -96,10 +100,7 @@ def scaledown_seconds(value: Any) -> int:
 
 
 def cpu(value: Any) -> float:
-    cores = _number(value, float, "a number of CPU cores")
-    if not cores > 0:
-        raise ValueError(f"must be a positive number of CPU cores; got {value!r}")
-    return cores
+    return _positive(value, "number of CPU cores")
 
 
 def memory(value: Any) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from redun_modal_executor.backends.base import Backend, BackendRef, DetachedState, Volume
 from redun_modal_executor.backends.modal.app import code_dict_name, connect, function_name
 from redun_modal_executor.backends.modal.calls import ModalCalls
-from redun_modal_executor.backends.modal.explain import auth_message, unreachable
+from redun_modal_executor.backends.modal.explain import commands_errors
 from redun_modal_executor.backends.modal.storage import DictLock, ModalVolume
 from redun_modal_executor.calls import Call
 from redun_modal_executor.code_package import CodePackage
@@ -88,16 +88,9 @@ class ModalBackend(Backend):
         import modal.exception
 
         connect()
-        try:
+        with commands_errors():
             for entry in modal.FunctionCall.from_id(call_id).logs.tail(entries=entries):
                 yield entry.message
-        except modal.exception.AuthError as error:
-            raise ModalAuthError(auth_message(error)) from None
-        except Exception as error:
-            lost = unreachable(error)
-            if lost is None:
-                raise
-            raise lost from None
 
     def volume(self, name: str, mount: str) -> Volume:
         return ModalVolume(name, mount, self.ref.environment)

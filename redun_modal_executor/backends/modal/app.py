@@ -134,10 +134,9 @@ def deploy(config: ExecutorConfig) -> None:
     import modal
     import modal.exception
 
-    from redun_modal_executor.backends.modal.explain import auth_message, unreachable
-    from redun_modal_executor.errors import ModalAuthError
+    from redun_modal_executor.backends.modal.explain import commands_errors
 
-    try:
+    with commands_errors():
         with modal.enable_output():
             build_app(config).deploy(name=config.app_name, environment_name=config.environment)
         manifests = modal.Dict.from_name(
@@ -146,13 +145,6 @@ def deploy(config: ExecutorConfig) -> None:
             create_if_missing=True,
         )
         manifests.put(MANIFEST_KEY, deployment_manifest(config))
-    except modal.exception.AuthError as error:
-        raise ModalAuthError(auth_message(error)) from None
-    except Exception as error:
-        lost = unreachable(error)
-        if lost is None:
-            raise
-        raise lost from None
 
 
 def check_deployment(config: ExecutorConfig) -> Iterator[tuple[str, bool, str]]:

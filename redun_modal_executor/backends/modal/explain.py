@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from redun_modal_executor.config import CallOptions
@@ -66,6 +67,23 @@ def unreachable(error: BaseException) -> ModalUnreachableError | None:
     if isinstance(error, _connection_errors()):
         return ModalUnreachableError(unreachable_message(f"{type(error).__name__}: {error}"))
     return None
+
+
+@contextmanager
+def commands_errors() -> Iterator[None]:
+    """Modal's credential and connection errors as this package's (one line each), for the
+    commands that ask Modal directly."""
+    import modal.exception
+
+    try:
+        yield
+    except modal.exception.AuthError as error:
+        raise ModalAuthError(auth_message(error)) from None
+    except Exception as error:
+        lost = unreachable(error)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 async def explain(error: Exception, label: str, options: CallOptions, call: Any) -> BaseException:
