@@ -18,15 +18,38 @@ import enum
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redun_modal_executor.config import CallOptions
 
 Outcome = bytes | BaseException
 
 
+@dataclass(frozen=True)
+class CallAddress:
+    """Where a call runs: the backend's call id and, for an input of a batch (one Modal
+    call with many inputs), the input's index in it."""
+
+    call_id: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.call_id if self.index is None else f"{self.call_id}:{self.index}"
+
+    def words(self) -> str:
+        """The address, for messages."""
+        return self.call_id if self.index is None else f"{self.call_id} input {self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> CallAddress:
+        """The address ``str()`` wrote."""
+        call_id, colon, index = text.partition(":")
+        return cls(call_id, int(index) if colon else None)
+
+
 class CallState(enum.Enum):
     PENDING = "pending"  # Not spawned yet (queued, or being spawned).
-    RUNNING = "running"  # Spawned: ``call_id`` names it where it runs.
+    RUNNING = "running"  # Spawned: ``address`` says where it runs.
     FINISHED = "finished"  # ``outcome`` is set; nothing changes any more.
 
 
@@ -39,7 +62,7 @@ class Call:
         options: CallOptions,
         encode: Callable[[], bytes],
         payload: bytes | None = None,
-        reattach_to: str | None = None,
+        reattach_to: CallAddress | None = None,
         on_spawned: Callable[[Call], None] | None = None,
         on_done: Callable[[Call], None] | None = None,
     ) -> None:
@@ -49,7 +72,7 @@ class Call:
         # and a fresh call is made only if it cannot be had.
         self.reattach_to = reattach_to
         self.state = CallState.PENDING
-        self.call_id: str | None = None
+        self.address: CallAddress | None = None
         self.outcome: Outcome | None = None
         self._encode = encode
         self._payload = payload
@@ -72,20 +95,20 @@ class Call:
         payload = self.take_held()
         return payload if payload is not None else self.encode()
 
-    def spawned(self, call_id: str) -> None:
+    def spawned(self, address: CallAddress) -> None:
         """The backend spawned a new call for this handle."""
-        if self._run(call_id) and self._on_spawned is not None:
+        if self._run(address) and self._on_spawned is not None:
             self._on_spawned(self)
 
-    def reattached(self, call_id: str) -> None:
+    def reattached(self, address: CallAddress) -> None:
         """The backend awaits the call ``reattach_to`` names (nothing new was spawned)."""
-        self._run(call_id)
+        self._run(address)
 
-    def _run(self, call_id: str) -> bool:
+    def _run(self, address: CallAddress) -> bool:
         with self._lock:
             if self.state is CallState.FINISHED:
                 return False
-            self.state, self.call_id = CallState.RUNNING, call_id
+            self.state, self.address = CallState.RUNNING, address
             return True
 
     def finish(self, outcome: Outcome) -> bool:
@@ -99,7 +122,7 @@ class Call:
         return True
 
     def __repr__(self) -> str:
-        return f"<Call {self.label} {self.state.value} {self.call_id or ''}>".replace(" >", ">")
+        return f"<Call {self.label} {self.state.value} {self.address or ''}>".replace(" >", ">")
 
 
 class Reports:

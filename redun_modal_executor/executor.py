@@ -13,7 +13,7 @@ from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
 from redun_modal_executor.backends import Backend, create_backend
-from redun_modal_executor.calls import Call, Reports
+from redun_modal_executor.calls import Call, CallAddress, Reports
 from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
     CallOptions,
@@ -50,6 +50,7 @@ from redun_modal_executor.payload import (
     decode_result,
     encode_call,
 )
+from redun_modal_executor.tags import address_tags, where_tags
 
 if TYPE_CHECKING:
     from redun.scheduler import Job, Scheduler
@@ -112,11 +113,14 @@ class ModalExecutor(Executor):
     ) -> None:
         super().__init__(name, scheduler=scheduler)
         self.config = ExecutorConfig.from_section(name, config)
-        self._lock = threading.Lock()
+        # Reentrant: a backend may finish a call inside spawn() (a payload it cannot take),
+        # and report it on the same thread.
+        self._lock = threading.RLock()
         self._backend: Backend | None = None
         self._code: CodeReference | None = None  # The shipped code package's reference.
         self._code_error: str | None = None
         self._inflight: InflightCalls | None = None
+        self._tagging = False  # Whether jobs get tags (``job_tags``), once the backend is up.
         self._jobs: dict[Call, _Job] = {}  # Calls in flight, and their jobs.
         self._reports = Reports()
         self._progress = _Progress(self.config.progress_interval)
@@ -203,14 +207,16 @@ class ModalExecutor(Executor):
         except JOB_ERRORS as error:
             self._reject(job, error)
             return
-        tags = self._where_tags(backend, entry.options)
-        reattach_to = self._inflight.claim(job.eval_hash) if self._inflight else None
+        tags = where_tags(backend, entry.options) if self._tagging else []
+        claimed = self._inflight.claim(job.eval_hash) if self._inflight else None
+        reattach_to = CallAddress.parse(claimed) if claimed is not None else None
         if reattach_to is not None:
             self.log(
-                f"{entry.label}: reattaching to Modal call {reattach_to}, left by an earlier run"
+                f"{entry.label}: reattaching to Modal call {reattach_to.words()}, left by an "
+                "earlier run"
             )
-            tags.append(("modal_call", reattach_to))
-        if reattach_to is not None or not backend.reattaches:
+            tags.extend(address_tags(reattach_to))
+        if tags and (reattach_to is not None or not backend.reattaches):
             # No call id to wait for (the call is known, or the backend has none): write now.
             # Not with the outcome: redun 0.44 queries a job's tags twice when it ends.
             self._scheduler.add_job_tags(job, tags)
@@ -219,17 +225,22 @@ class ModalExecutor(Executor):
         self._send(backend, entry, payload, reattach_to)
 
     def _send(
-        self, backend: Backend, entry: _Job, payload: bytes | None, reattach_to: str | None = None
+        self,
+        backend: Backend,
+        entry: _Job,
+        payload: bytes | None,
+        reattach_to: CallAddress | None = None,
     ) -> None:
         """Hand the job's call to the backend; its reports come back through ``_reports``."""
+        report = _now if backend.reports_on_own_thread else self._reports.put
         call = Call(
             entry.label,
             entry.options,
             entry.encode,
             payload,
             reattach_to,
-            on_spawned=lambda call: self._reports.put(lambda: self._spawned(entry, call)),
-            on_done=lambda call: self._reports.put(lambda: self._finished(entry, call)),
+            on_spawned=lambda call: report(lambda: self._spawned(entry, call)),
+            on_done=lambda call: report(lambda: self._finished(entry, call)),
         )
         with self._lock:
             # Under the lock: a retry racing stop() either reaches the backend before stop()
@@ -244,6 +255,9 @@ class ModalExecutor(Executor):
         with self._lock:
             if self._backend is None:
                 self._backend = create_backend(self.config)
+                self._tagging = self.config.job_tags
+                if self._tagging is None:  # Tags lead somewhere where jobs run elsewhere.
+                    self._tagging = self._backend.remote
                 self._inflight = self._open_inflight_calls(self._backend)
                 self._code, self._code_error = None, None
                 if self._backend.ships_code and self.config.ship_code:
@@ -281,17 +295,6 @@ class ModalExecutor(Executor):
             return None
         return open_inflight_calls(self._scheduler.backend, self.log)
 
-    def _where_tags(self, backend: Backend, options: CallOptions) -> list[tuple[str, Any]]:
-        """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
-        tags = backend.job_tags()
-        for name, value in options.set_options().items():
-            if name in ("volumes", "env"):
-                value = dict(value)
-            elif isinstance(value, tuple):
-                value = list(value)
-            tags.append((f"modal_{name}", value))
-        return tags
-
     def _ship_code(self, backend: Backend) -> CodeReference:
         package = build_code_package(
             os.getcwd(), self.config.code_includes, self.config.code_excludes
@@ -308,15 +311,19 @@ class ModalExecutor(Executor):
     def _spawned(self, entry: _Job, call: Call) -> None:
         """Tag the job with its call (and its other tags not written yet) and queue the call's
         record for reattaching."""
-        assert call.call_id is not None
+        assert call.address is not None
         with self._lock:
             if call not in self._jobs or self._scheduler is None:
                 return
-            tags, entry.tags = [*entry.tags, ("modal_call", call.call_id)], []
+            tags, entry.tags = entry.tags, []
+            if self._tagging:
+                tags = [*tags, *address_tags(call.address)]
             inflight = self._inflight
-        self._scheduler.add_job_tags(entry.job, tags)
-        if inflight is not None and entry.job.eval_hash:
-            inflight.record(entry.job.eval_hash, call.call_id, entry.job.task.fullname)
+        job = entry.job
+        if inflight is not None and job.eval_hash:  # The tags go in the ledger's batches.
+            inflight.record(job.eval_hash, str(call.address), job.task.fullname, job.id, tags)
+        elif tags:
+            self._scheduler.add_job_tags(job, tags)
 
     def _finished(self, entry: _Job, call: Call) -> None:
         """A call has finished, failed or was cancelled: tell redun, or run it again."""
@@ -382,6 +389,10 @@ class ModalExecutor(Executor):
         assert self._scheduler
         traceback = Traceback(error, [], logs=getattr(error, "logs", None))
         self._scheduler.reject_job(job, error, traceback)
+
+
+def _now(report: Callable[[], None]) -> None:
+    report()
 
 
 def _launch_failed(error: Exception) -> Exception:

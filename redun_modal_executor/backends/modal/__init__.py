@@ -125,4 +125,4 @@ class ModalBackend(Backend):
         return f"Modal app {self.ref.app_name!r}, function {function_name(options.image)}"
 
     def job_tags(self) -> list[tuple[str, Any]]:
-        return [*super().job_tags(), ("modal_app", self.ref.app_name)]
+        return [("modal_app", self.ref.app_name)]
