@@ -2,10 +2,11 @@
 
 python -m benchmarks                 # full run (see docs/benchmarks.md)
 python -m benchmarks --quick         # seconds; what CI runs to keep this working
-python -m benchmarks --only 2,5      # some scenarios (1 to 6)
+python -m benchmarks --only 2,5      # some scenarios (1 to 7)
 
 The Modal scenarios (2 to 6) run ModalExecutor with the real `modal` client against the fake
 Modal control plane of tests/fake_modal, served from a child process (benchmarks/fake_server.py).
+Scenario 7 runs each contender's small fan-out in a fresh process (benchmarks/fresh_run.py).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Sizes:
     """How big and how often: the defaults are the full run's (see docs/benchmarks.md)."""
 
     repeat: int = 5
-    overhead_jobs: int = 1000
+    overhead_jobs: int = 400
     sleepers: int = 500
     sleep: float = 1.0
     latency: float = 0.1
@@ -69,6 +70,8 @@ class Sizes:
     in_flight_repeat: int = 1
     traced_in_flight: int = 500
     in_flight_probe: int = 1000
+    startup_jobs: int = 50
+    startup_workers: int = 4
 
 
 FULL = Sizes()
@@ -83,6 +86,7 @@ QUICK = Sizes(  # Seconds in all: enough to show every scenario still runs.
     in_flight=50,
     traced_in_flight=50,
     in_flight_probe=0,
+    startup_jobs=10,
 )
 
 
@@ -206,6 +210,8 @@ def overhead(sizes: Sizes, workers: int) -> list[Row]:
             f"{seconds:.2f}",
             f"{reference:.2f} (process)",
             f"{seconds / reference:.2f}x",
+            "<= 1.10x",
+            seconds / reference <= 1.10,
         )
     ]
 
@@ -652,6 +658,64 @@ def many_in_flight(sizes: Sizes, tmp: Path) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------------------------
+# 7. Start-up (local backend): a small run in a fresh process
+
+
+def fresh_fan_out(contender: Contender, jobs: int) -> float:
+    """Wall time of `fan_out(jobs)` in a fresh process (see benchmarks/fresh_run.py)."""
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.fresh_run",
+            str(jobs),
+            json.dumps(contender.executor_config),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if process.returncode != 0:
+        raise RuntimeError(f"fresh run failed:\n{process.stdout}\n{process.stderr}")
+    return float(json.loads(process.stdout.strip().splitlines()[-1])["wall"])
+
+
+def start_up(sizes: Sizes) -> list[Row]:
+    jobs, workers = sizes.startup_jobs, sizes.startup_workers
+    ours = Contender(
+        "ModalExecutor, local backend",
+        {"type": "modal", "backend": "local", "max_workers": str(workers)},
+    )
+    contenders = (ours, local("process", workers), local("thread", workers))
+    walls: dict[str, list[float]] = {c.label: [] for c in contenders}
+    for _ in range(sizes.repeat):  # Interleaved: a change in load slows every contender.
+        for contender in contenders:
+            walls[contender.label].append(fresh_fan_out(contender, jobs))
+    medians = {label: statistics.median(values) for label, values in walls.items()}
+    reference = medians["LocalExecutor, process mode"]
+    print(
+        f"7. start-up: {jobs} trivial jobs + reduce, max_workers={workers}, each run in a "
+        "fresh process (nothing started before it)"
+    )
+    print(f"   {'contender':36} {'wall s':>8} {'vs process':>10}")
+    for label, seconds in medians.items():
+        print(f"   {label:36} {seconds:8.2f} {seconds / reference:9.2f}x")
+    ratio = medians[ours.label] / reference
+    return [
+        Row(
+            "7. start-up (local backend)",
+            f"wall s, {jobs} jobs, fresh process",
+            f"{medians[ours.label]:.2f}",
+            f"{reference:.2f} (process)",
+            f"{ratio:.2f}x",
+            "<= 1.00x",
+            ratio <= 1.00,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def time_registration_hook() -> float:
@@ -704,12 +768,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
     parser.add_argument("--repeat", type=int, help="repetitions (default 5; big ones 3)")
-    parser.add_argument("--only", help="comma-separated scenario numbers (1 to 6)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1 to 7)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.repeat:
         sizes = dataclasses.replace(sizes, repeat=args.repeat)
-    only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 7))
+    only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 8))
     workers = os.cpu_count() or 1
 
     print(machine())
@@ -724,6 +788,7 @@ def main() -> None:
         ({4}, lambda tmp: cached_rerun(sizes, tmp, workers)),
         ({5}, lambda tmp: big_values(sizes, tmp)),
         ({6}, lambda tmp: many_in_flight(sizes, tmp)),
+        ({7}, lambda tmp: start_up(sizes)),
     ]
     with scratch() as tmp:
         for numbers, scenario in scenarios:
