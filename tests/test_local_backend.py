@@ -1,16 +1,20 @@
-"""The local backend's process pool: reuse, limits, timeouts, cancellation, crashes."""
+"""The local backend's process pool: reuse, limits, timeouts, cancellation, crashes, and the
+template process that workers are forked from."""
 
 from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import sample_tasks
 
 from redun_modal_executor.backends.local.pool import WorkerPool
+from redun_modal_executor.backends.local.template import TEMPLATE_MODULE
 from redun_modal_executor.calls import Call, CallState
 from redun_modal_executor.config import CallOptions
 from redun_modal_executor.errors import (
@@ -71,6 +75,41 @@ def wait_for(condition, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             pytest.fail("condition not met in time")
         time.sleep(0.02)
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # After the name: state, then ppid.
+
+
+def alive(pid: int) -> bool:
+    """Running, as far as /proc tells (a zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def our_templates() -> list[int]:
+    """Template processes started by this process."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if TEMPLATE_MODULE.encode() in cmdline and parent_of(int(proc.name)) == os.getpid():
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def sitecustomize(tmp_path: Path, monkeypatch, source: str) -> None:
+    """Python processes started from now on (the template, not its forks) run ``source``."""
+    directory = tmp_path / "site"
+    directory.mkdir()
+    (directory / "sitecustomize.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", str(directory))
 
 
 def test_warm_worker_is_reused(pool):
@@ -166,16 +205,107 @@ def test_a_payload_that_cannot_be_encoded_fails_its_call_at_once(pool):
 
 
 def test_worker_start_up_does_not_count_against_the_timeout(pool, tmp_path, monkeypatch):
-    # Modal, too, starts the clock when the container is up. Workers start slower than the
-    # timeout here, whatever the machine: each sleeps in its sitecustomize first.
+    # Modal, too, starts the clock when the container is up. The first worker starts slower
+    # than the timeout here, whatever the machine: the template it is forked from sleeps in
+    # its sitecustomize first, and the call is assigned to the worker before that.
     startup = 1.5
-    slow_start = tmp_path / "slow-start"
-    slow_start.mkdir()
-    (slow_start / "sitecustomize.py").write_text(f"import time\ntime.sleep({startup})\n")
-    monkeypatch.setenv("PYTHONPATH", str(slow_start))
+    sitecustomize(tmp_path, monkeypatch, f"import time\ntime.sleep({startup})\n")
     one = pool(max_workers=1)
     began = time.monotonic()
     one.spawn("first", sample_tasks.timed_sleep, 0.01, timeout=0.5)
     result = one.results(1)["first"]
     assert isinstance(result, Success), result
     assert time.monotonic() - began > startup  # The start-up did take longer than the timeout.
+
+
+@pytest.mark.parametrize(
+    ("task", "how"),
+    [
+        (sample_tasks.hard_exit, "exited with status 9"),
+        (sample_tasks.kill_self, "was killed by signal SIGKILL"),
+    ],
+)
+def test_a_dead_worker_is_described_by_its_exit_status(pool, task, how):
+    one = pool(max_workers=1)
+    one.spawn("dies", task)
+    (outcome,) = one.results(1).values()
+    assert isinstance(outcome, WorkerDiedError)
+    assert str(outcome) == (
+        f"Task {task.fullname}: the worker process {how} before returning a result (out of "
+        "memory, a crash in native code, or os._exit in the task)."
+    )
+
+
+def test_workers_are_forked_from_one_template_that_starts_once(pool, tmp_path, monkeypatch):
+    started = tmp_path / "interpreters"
+    record = f"import os\nopen({str(started)!r}, 'a').write(str(os.getpid()) + ' ')\n"
+    sitecustomize(tmp_path, monkeypatch, record)
+    two = pool(max_workers=2)
+    two.spawn("a", sample_tasks.process_facts, 1.0)
+    two.spawn("b", sample_tasks.process_facts, 1.0)
+    facts = [result.value for result in two.results(2).values()]
+    (template,) = {fact["ppid"] for fact in facts}
+    assert started.read_text().split() == [str(template)]  # One interpreter start for both.
+    assert parent_of(template) == os.getpid()  # Started by the scheduler ...
+    assert TEMPLATE_MODULE in Path(f"/proc/{template}/cmdline").read_text()
+    assert os.getsid(template) == template  # ... in a session of its own.
+    assert facts[0]["pid"] != facts[1]["pid"]
+    for fact in facts:  # Each worker: its own session and process group.
+        assert fact["pid"] == fact["pgid"] == fact["sid"]
+
+
+def test_a_worker_has_none_of_the_schedulers_state(pool, monkeypatch):
+    monkeypatch.setattr(sample_tasks, "SET_BY_SCHEDULER", "only here", raising=False)
+    one = pool(max_workers=1)
+    one.spawn("state", sample_tasks.scheduler_state, ["pytest", "_pytest", "redun"])
+    result = one.results(1)["state"]
+    # redun, which the template imports, is there; what this test process imported is not,
+    # and sample_tasks was imported afresh.
+    assert result == Success((None, ["redun"]))
+
+
+def test_a_template_that_dies_fails_the_running_calls_and_is_replaced(pool, tmp_path):
+    two = pool(max_workers=2)
+    markers = [tmp_path / f"started-{i}" for i in range(2)]
+    for i, marker in enumerate(markers):
+        two.spawn(str(i), sample_tasks.mark_then_sleep, str(marker), 30)
+    wait_for(lambda: all(marker.exists() for marker in markers))
+    workers = [tuple(int(pid) for pid in marker.read_text().split()) for marker in markers]
+    (template,) = {parent for _, parent in workers}
+    os.kill(template, signal.SIGKILL)
+    outcomes = two.results(2)
+    for outcome in outcomes.values():
+        assert isinstance(outcome, WorkerDiedError)
+        assert str(outcome) == (
+            "Task mark_then_sleep: the worker process was stopped before returning a result: "
+            f"its template process (pid {template}) was killed by signal SIGKILL."
+        )
+    for pid, _ in workers:
+        wait_for(lambda pid=pid: not alive(pid), timeout=5)
+
+    two.spawn("later", sample_tasks.process_facts, 0)
+    later = two.results(1)["later"].value
+    assert later["ppid"] not in (template, os.getpid())  # A new template.
+
+
+def test_a_template_that_cannot_start_fails_each_call(pool, tmp_path, monkeypatch):
+    sitecustomize(tmp_path, monkeypatch, "import os\nos._exit(3)\n")
+    one = pool(max_workers=1)
+    one.spawn("first", sample_tasks.add, 1, 2)
+    one.spawn("second", sample_tasks.add, 2, 2)
+    for outcome in one.results(2).values():  # One template each: no retrying without end.
+        assert isinstance(outcome, WorkerDiedError)
+        assert "Task add: could not start a worker process: the worker template" in str(outcome)
+        assert str(outcome).endswith("exited with status 3 before it was ready.")
+
+
+def test_stop_while_the_template_starts_ends_it_at_once(pool, tmp_path, monkeypatch):
+    sitecustomize(tmp_path, monkeypatch, "import time\ntime.sleep(60)\n")
+    one = pool(max_workers=1)
+    one.spawn("first", sample_tasks.add, 1, 2)
+    wait_for(lambda: len(our_templates()) == 1)
+    began = time.monotonic()
+    assert one.pool.stop() == 1
+    assert time.monotonic() - began < 10
+    assert str(one.results(1)["first"]) == "Task add: cancelled mid-run"
+    assert our_templates() == []

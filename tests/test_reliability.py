@@ -15,7 +15,7 @@ import pytest
 from grpclib import Status
 from helpers import APP, MODAL_CONFIG, TARGET, final_line, ran, wait_for
 
-from redun_modal_executor.backends.local.pool import WORKER_MODULE
+from redun_modal_executor.backends.local.template import TEMPLATE_MODULE
 
 pytestmark = pytest.mark.e2e
 
@@ -68,18 +68,26 @@ def test_sigint_mid_fan_out_cancels_every_call_on_modal(deployed, fake_modal):
     assert fake_modal.inputs_cancelled == 50
 
 
-def local_workers(project) -> list[int]:
-    """Local-backend worker processes started from `project` (their cwd), from /proc."""
-    found = []
+def local_processes(project) -> dict[int, int]:
+    """Local-backend template and worker processes started from `project` (their cwd), from
+    /proc: pid to parent pid."""
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes()
             cwd = os.readlink(proc / "cwd")
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if WORKER_MODULE.encode() in cmdline and cwd == str(project.root):
-            found.append(int(proc.name))
+        if TEMPLATE_MODULE.encode() in cmdline and cwd == str(project.root) and stat[0] != "Z":
+            found[int(proc.name)] = int(stat[1])
     return found
+
+
+def local_workers(project) -> list[int]:
+    """The workers among them: those forked by a template."""
+    processes = local_processes(project)
+    return [pid for pid, parent in processes.items() if parent in processes]
 
 
 def test_sigint_mid_fan_out_stops_every_local_worker(project):
@@ -89,7 +97,7 @@ def test_sigint_mid_fan_out_stops_every_local_worker(project):
     # The two naps running, and those queued by then: how many the scheduler had submitted when
     # SIGINT came varies; main had finished, so at most the 50 naps.
     assert cancelled and 2 <= int(cancelled.group(1)) <= 50
-    assert local_workers(project) == []
+    assert local_processes(project) == {}  # Neither the workers nor their template is left.
 
 
 def test_preemption_is_transparent(deployed, fake_modal):
