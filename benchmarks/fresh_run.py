@@ -4,9 +4,12 @@ python -m benchmarks.fresh_run JOBS EXECUTOR_JSON runs `fan_out(JOBS)` with a ne
 an in-memory database and `[executors.default]` EXECUTOR_JSON, then prints one JSON line: the
 run's wall time, from `scheduler.run` to its result (the executor's stop included).
 
-Nothing has started before the run: redun's process mode starts its forkserver (which imports
-this module, so redun and the tasks, as it would a workflow script) and the local backend its
-workers within the time measured. The imports at the top are those of a workflow script.
+Nothing has started before the run: redun's process mode starts its forkserver and its
+workers, and the local backend its template and workers, within the time measured. The imports
+at the top are those of a workflow script: redun and the tasks. Each of process mode's workers
+imports this module again, as multiprocessing does with the main module (the forkserver of
+Python 3.11 is meant to preload it, but does not: it looks for a key, `main_path`, that
+`spawn.get_preparation_data` does not give), so each of them imports redun.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 import sample_tasks
 
 from redun_modal_executor.backends.local.pool import WorkerPool
-from redun_modal_executor.backends.local.template import TEMPLATE_MODULE
+from redun_modal_executor.backends.local.template import TEMPLATE_FLAG, WORKER_MODULE
 from redun_modal_executor.calls import Call, CallState
 from redun_modal_executor.config import CallOptions
 from redun_modal_executor.errors import (
@@ -77,6 +77,9 @@ def wait_for(condition, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+TEMPLATE_COMMAND = f"{WORKER_MODULE}\0{TEMPLATE_FLAG}\0".encode()  # In /proc/<pid>/cmdline.
+
+
 def parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])  # After the name: state, then ppid.
@@ -97,7 +100,7 @@ def our_templates() -> list[int]:
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes()
-            if TEMPLATE_MODULE.encode() in cmdline and parent_of(int(proc.name)) == os.getpid():
+            if TEMPLATE_COMMAND in cmdline and parent_of(int(proc.name)) == os.getpid():
                 found.append(int(proc.name))
         except (OSError, ValueError):
             continue
@@ -247,7 +250,7 @@ def test_workers_are_forked_from_one_template_that_starts_once(pool, tmp_path, m
     (template,) = {fact["ppid"] for fact in facts}
     assert started.read_text().split() == [str(template)]  # One interpreter start for both.
     assert parent_of(template) == os.getpid()  # Started by the scheduler ...
-    assert TEMPLATE_MODULE in Path(f"/proc/{template}/cmdline").read_text()
+    assert TEMPLATE_COMMAND in Path(f"/proc/{template}/cmdline").read_bytes()
     assert os.getsid(template) == template  # ... in a session of its own.
     assert facts[0]["pid"] != facts[1]["pid"]
     for fact in facts:  # Each worker: its own session and process group.

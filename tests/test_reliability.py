@@ -15,7 +15,7 @@ import pytest
 from grpclib import Status
 from helpers import APP, MODAL_CONFIG, TARGET, final_line, ran, wait_for
 
-from redun_modal_executor.backends.local.template import TEMPLATE_MODULE
+from redun_modal_executor.backends.local.template import TEMPLATE_FLAG, WORKER_MODULE
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +36,7 @@ def main(n: int = 50, seconds: float = 60) -> int:
 def total(values: list) -> int:
     return sum(values)
 """
+TEMPLATE_COMMAND = f"{WORKER_MODULE}\0{TEMPLATE_FLAG}\0".encode()  # In /proc/<pid>/cmdline.
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def local_processes(project) -> dict[int, int]:
             stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if TEMPLATE_MODULE.encode() in cmdline and cwd == str(project.root) and stat[0] != "Z":
+        if TEMPLATE_COMMAND in cmdline and cwd == str(project.root) and stat[0] != "Z":
             found[int(proc.name)] = int(stat[1])
     return found
 

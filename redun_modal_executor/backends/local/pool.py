@@ -27,7 +27,6 @@ from redun_modal_executor.backends.local.template import Child, Template, descri
 from redun_modal_executor.calls import Call
 from redun_modal_executor.errors import CallCancelledError, CallTimeoutError, WorkerDiedError
 
-WORKER_MODULE = "redun_modal_executor.backends.local.worker_main"
 _STOP_GRACE_SECONDS = 2.0  # For an idle worker to exit.
 _KILL_GRACE_SECONDS = 5.0  # For a stopped worker to exit on SIGTERM (a launch saves its db).
 _REPORT_SECONDS = 5.0  # For a ready template to report a fork or an exit.

@@ -1,21 +1,22 @@
 """The local backend's worker template: one interpreter that imports once and forks workers.
 
 The pool starts it with the first worker it needs, in the workers' environment and in a session
-of its own: ``python -m redun_modal_executor.backends.local.template <socket fd>``. It is a
-fresh interpreter, not a fork of the scheduler, so nothing of the scheduler's reaches a worker.
-It imports what a worker runs (``worker_main``: redun and this package), says it is ready, and
-waits on its control socket, single-threaded. Each request there is one byte with a worker's
-socket end attached (SCM_RIGHTS). The template forks; the child starts a session of its own,
-drops the template's signal handling and control socket, and serves calls on that socket
-(``worker_main.serve``) as a worker started from scratch would. The template answers with the
-child's pid, reaps its children and reports each one's exit status. It exits when the control
-socket closes; workers still running then carry on until their own socket closes.
+of its own: ``python -m redun_modal_executor.backends.local.worker_main --template <fd>``. It
+is a fresh interpreter, not a fork of the scheduler, so nothing of the scheduler's reaches a
+worker. It imports what a worker runs (``worker_main``: redun and this package), says it is
+ready, and waits on its control socket, single-threaded. Each request there is one byte with
+a worker's socket end attached (SCM_RIGHTS). The template forks; the child starts a session
+of its own, drops the template's signal handling and control socket, and serves calls on that
+socket (``worker_main.serve``) as a worker started from scratch would. The template answers
+with the child's pid, reaps its children and reports each one's exit status. It exits when
+the control socket closes; workers still running then carry on until their own socket closes.
 
 ``Template`` is the pool's side of it, used by the pool's dispatcher thread only.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -27,9 +28,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 
-TEMPLATE_MODULE = "redun_modal_executor.backends.local.template"
+WORKER_MODULE = "redun_modal_executor.backends.local.worker_main"
+TEMPLATE_FLAG = "--template"
 # What the template reports: kind, pid, and an exit status (negative: killed by that signal)
 # or, for a fork that failed, its errno.
 _REPORT = struct.Struct("=cii")
@@ -66,7 +67,7 @@ class Template:
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", TEMPLATE_MODULE, str(theirs.fileno())],
+                [sys.executable, "-m", WORKER_MODULE, TEMPLATE_FLAG, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -220,9 +221,20 @@ def _reap(control: socket.socket) -> None:
         _report(control, _EXITED, pid, os.waitstatus_to_exitcode(status))
 
 
+def run_template(control_fd: int) -> int | None:
+    """The template's loop, once ``worker_main`` is imported. Returns in each worker it forks,
+    with the fd of the worker's socket; in the template once the pool has gone, with None."""
+    control = socket.socket(fileno=control_fd)
+    # What is loaded now stays out of the workers' garbage collections: they would otherwise
+    # copy every page of it (copy-on-write) to look at it.
+    gc.freeze()
+    try:
+        return _serve_requests(control)
+    except (BrokenPipeError, ConnectionResetError):
+        return None
+
+
 def _serve_requests(control: socket.socket) -> int | None:
-    """Fork a worker for each request. Returns in each worker, with the fd of its socket; in
-    the template once the control socket closes, with None."""
     wake_reader, wake_writer = os.pipe()
     os.set_blocking(wake_reader, False)
     os.set_blocking(wake_writer, False)
@@ -265,20 +277,3 @@ def _serve_requests(control: socket.socket) -> int | None:
             return fds[0]
         os.close(fds[0])
         _report(control, _STARTED, pid)
-
-
-def main() -> None:
-    control = socket.socket(fileno=int(sys.argv[1]))
-    # What every worker imports, imported once, here.
-    from redun_modal_executor.backends.local.worker_main import serve
-
-    try:
-        worker_fd = _serve_requests(control)
-    except (BrokenPipeError, ConnectionResetError):
-        return  # The pool has gone.
-    if worker_fd is not None:
-        serve(Connection(worker_fd))  # In a worker; it exits when its socket closes.
-
-
-if __name__ == "__main__":
-    main()
