@@ -159,11 +159,11 @@ class Template:
             self.ready = True
             while self._unsent and not self.ended:
                 self._send(self._unsent.popleft())
-        elif kind == _STARTED:
+        elif kind == _STARTED and self._unanswered:  # (None left once the template ended.)
             child = self._unanswered.popleft()
             child.pid = pid
             self._running[pid] = child
-        elif kind == _FAILED:
+        elif kind == _FAILED and self._unanswered:
             self._unanswered.popleft().failed = f"fork failed: {os.strerror(value)}"
         elif kind == _EXITED and pid in self._running:
             self._running.pop(pid).code = value
