@@ -194,11 +194,13 @@ def overhead(sizes: Sizes, workers: int) -> list[Row]:
         {"type": "modal", "backend": "local", "max_workers": str(workers)},
     )
     contenders = (ours, local("process", workers), local("thread", workers))
-    rows = [
-        (c.label, median_of(sizes.repeat, lambda c=c: time_fan_out(c, jobs))) for c in contenders
-    ]
+    walls: dict[str, list[float]] = {c.label: [] for c in contenders}
+    for _ in range(sizes.repeat):  # Interleaved: a change in load slows every contender.
+        for contender in contenders:
+            walls[contender.label].append(time_fan_out(contender, jobs))
+    rows = [(label, statistics.median(values)) for label, values in walls.items()]
     reference = dict(rows)["LocalExecutor, process mode"]
-    print(f"1. overhead: {jobs} trivial jobs + reduce, max_workers={workers}")
+    print(f"1. overhead: {jobs} trivial jobs + reduce, max_workers={workers} (interleaved)")
     print(f"   {'contender':36} {'wall s':>8} {'jobs/s':>8} {'vs process':>10}")
     for label, seconds in rows:
         print(f"   {label:36} {seconds:8.2f} {jobs / seconds:8.0f} {seconds / reference:9.2f}x")
