@@ -7,9 +7,10 @@ import inspect
 import sys
 from collections.abc import Sequence
 
+from redun_modal_executor import __version__
 from redun_modal_executor.backends import backend_class, create_backend
 from redun_modal_executor.config import ConfigError, ExecutorConfig
-from redun_modal_executor.errors import LaunchError
+from redun_modal_executor.errors import LaunchError, ModalAuthError, ModalUnreachableError
 
 LOG_ENTRIES = 1000
 
@@ -45,10 +46,20 @@ def _deployed_configs(args: argparse.Namespace) -> list[ExecutorConfig]:
     ]
 
 
+# What the sections that deploy one app must agree on, and what to say when they do not.
+_SHARED = (
+    ("images", "images: give one its own app_name, or the same image keys"),
+    (
+        "memory_snapshot",
+        "memory_snapshot settings: give one its own app_name, or the same setting",
+    ),
+)
+
+
 def deploy_command(args: argparse.Namespace) -> int:
     """Build the images configured in redun.ini and deploy the app. Run it once, and again
     after changing images or dependencies; code changes need no redeploy."""
-    from redun_modal_executor.backends.modal.app import deploy, function_name
+    from redun_modal_executor.backends.modal.app import connect, deploy, function_name
 
     configs = [
         config
@@ -66,14 +77,17 @@ def deploy_command(args: argparse.Namespace) -> int:
     for config in configs:
         target = (config.app_name, config.environment)
         first = apps.setdefault(target, config)
-        if first.images != config.images:
+        differs = next(
+            (text for key, text in _SHARED if getattr(first, key) != getattr(config, key)), None
+        )
+        if differs is not None:
             print(
                 f"[executors.{first.name}] and [executors.{config.name}] deploy the same app "
-                f"{config.app_name!r} with different images: give one its own app_name, or "
-                "the same image keys.",
+                f"{config.app_name!r} with different {differs}.",
                 file=sys.stderr,
             )
             return 2
+    connect()  # No credentials, or no Modal: say so in one line, before building anything.
     for config in apps.values():
         names = ", ".join(function_name(image) for image in config.images)
         print(f"Deploying Modal app {config.app_name!r} for [executors.{config.name}]: {names}")
@@ -220,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", help="redun config dir (default: as redun finds it, usually .redun)"
     )
+    parser.add_argument("--version", action="version", version=f"redun-modal {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     commands = {}
     for name, (run, summary) in COMMANDS.items():
@@ -248,7 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, LaunchError, RedunClientError) as error:
+    except (
+        ConfigError,
+        LaunchError,
+        ModalAuthError,
+        ModalUnreachableError,
+        RedunClientError,
+    ) as error:
         print(f"redun-modal: {error}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,7 @@ __all__ = [
     "DatabaseBusyError",
     "LaunchError",
     "ModalAuthError",
+    "ModalUnreachableError",
     "PayloadError",
     "RemoteCallError",
     "RemoteTaskError",
@@ -118,6 +119,10 @@ class TaskExitError(Exception):
 
 class WorkerStopped(KeyboardInterrupt):
     """The worker was told to stop (SIGTERM) while a launch ran: it ends the worker."""
+
+
+class ModalUnreachableError(RemoteCallError):
+    """The client could not reach Modal's API: no network, a wrong server URL, or a proxy."""
 
 
 # Errors that fail one job before it is sent (options, arguments, code, launch database).

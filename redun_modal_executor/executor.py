@@ -26,6 +26,7 @@ from redun_modal_executor.errors import (
     CodePackageError,
     DatabaseBusyError,
     ModalAuthError,
+    ModalUnreachableError,
     PayloadError,
     RemoteCallError,
     SerializationError,
@@ -33,7 +34,7 @@ from redun_modal_executor.errors import (
     is_retriable,
     recordable,
 )
-from redun_modal_executor.inflight import InflightCalls
+from redun_modal_executor.inflight import InflightCalls, open_inflight_calls
 from redun_modal_executor.launch.spec import LaunchSpec
 from redun_modal_executor.launch.submit import (
     build_launch,
@@ -231,8 +232,12 @@ class ModalExecutor(Executor):
             on_done=lambda call: self._reports.put(lambda: self._finished(entry, call)),
         )
         with self._lock:
+            # Under the lock: a retry racing stop() either reaches the backend before stop()
+            # takes it (and is cancelled with the rest) or finds it gone, never a stopped one.
+            if self._backend is not backend:
+                return
             self._jobs[call] = entry
-        backend.spawn(call)
+            backend.spawn(call)
 
     def _ready_backend(self) -> tuple[Backend, CodeReference | None]:
         """The backend, started on first use, with the code package shipped if it needs one."""
@@ -265,29 +270,22 @@ class ModalExecutor(Executor):
         """Refuse a launch whose database another launched scheduler is writing."""
         try:
             check_database_free(backend, launch.database)
-        except DatabaseBusyError:
+        except (DatabaseBusyError, ModalAuthError, ModalUnreachableError):
             raise
-        except Exception as error:  # Modal unreachable: the spawn, or the call, will tell.
+        except Exception as error:  # Not checked here: the launched call checks again.
             self.log(f"could not check who uses the scheduler database: {error}")
 
     def _open_inflight_calls(self, backend: Backend) -> InflightCalls | None:
         """The in-flight call table, where reattaching is on and possible."""
-        redun_backend = self._scheduler.backend if self._scheduler else None
-        engine = getattr(redun_backend, "engine", None)
-        if not (self.config.reattach and backend.reattaches and engine is not None):
+        if not (self.config.reattach and backend.reattaches and self._scheduler):
             return None
-        if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
-            # Each thread would see its own empty in-memory database, and no later process
-            # could reattach from it anyway.
-            return None
-        # redun's session guard keeps its database to one writer at a time (sqlite has one).
-        return InflightCalls(engine, redun_backend.with_session, self.log)
+        return open_inflight_calls(self._scheduler.backend, self.log)
 
     def _where_tags(self, backend: Backend, options: CallOptions) -> list[tuple[str, Any]]:
         """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
         tags = backend.job_tags()
         for name, value in options.set_options().items():
-            if name == "volumes":
+            if name in ("volumes", "env"):
                 value = dict(value)
             elif isinstance(value, tuple):
                 value = list(value)

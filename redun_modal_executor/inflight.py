@@ -60,9 +60,16 @@ class InflightCalls:
         self._pending: dict[str, dict[str, Any]] = {}  # eval_hash -> its row, not yet written
         self._stopping = False
         self._flusher: threading.Thread | None = None
+        try:
+            with self._guard(), self._engine.begin() as connection:
+                _metadata.create_all(connection, tables=[INFLIGHT_CALLS], checkfirst=True)
+        except sa.exc.DBAPIError:
+            # Postgres lets two schedulers starting at once both try to create it; the one
+            # that commits second fails, and uses the other's.
+            if not sa.inspect(self._engine).has_table(INFLIGHT_CALLS.name):
+                raise
         query = sa.select(INFLIGHT_CALLS.c.eval_hash, INFLIGHT_CALLS.c.call_id)
         with self._guard(), self._engine.begin() as connection:
-            _metadata.create_all(connection, tables=[INFLIGHT_CALLS], checkfirst=True)
             self._left_behind = {row.eval_hash: row.call_id for row in connection.execute(query)}
 
     def claim(self, eval_hash: str) -> str | None:
@@ -136,12 +143,50 @@ class InflightCalls:
                 )
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
+        """Insert the rows, each replacing the row of its job if there is one: an upsert, so
+        that a row another scheduler inserts at the same moment (it runs the same job, on
+        Postgres) is replaced, not a conflict that loses the whole batch."""
         with self._guard(), self._engine.begin() as connection:
-            for batch in _batches([row["eval_hash"] for row in rows]):
-                connection.execute(
-                    INFLIGHT_CALLS.delete().where(INFLIGHT_CALLS.c.eval_hash.in_(batch))
-                )
-            connection.execute(INFLIGHT_CALLS.insert(), rows)
+            connection.execute(_upsert(connection.dialect.name), rows)
+
+
+def _upsert(dialect: str) -> sa.sql.Insert:
+    """INSERT ... ON CONFLICT (eval_hash) DO UPDATE, in the database's dialect (redun's
+    databases are sqlite and Postgres, the two that have one)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(INFLIGHT_CALLS)
+    replaced = ("call_id", "task", "spawned_at")
+    return statement.on_conflict_do_update(
+        index_elements=[INFLIGHT_CALLS.c.eval_hash],
+        set_={name: statement.excluded[name] for name in replaced},
+    )
+
+
+def open_inflight_calls(redun_backend: Any, log: Callable[[str], None]) -> InflightCalls | None:
+    """The table in redun's database, where one can be kept there; else None, said in ``log``
+    where that is a surprise."""
+    engine = getattr(redun_backend, "engine", None)
+    if engine is None:
+        return None
+    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        # Each thread would see its own empty in-memory database, and no later process
+        # could reattach from it anyway.
+        return None
+    # redun's session guard keeps its database to one writer at a time (sqlite has one).
+    try:
+        return InflightCalls(engine, redun_backend.with_session, log)
+    except sa.exc.SQLAlchemyError as error:  # A saving, not a duty: run without.
+        # Typically a Postgres user that may write redun's tables but not create one.
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        log(
+            f"reattaching is off for this run: the table {INFLIGHT_CALLS.name} could not be "
+            f"opened in the redun database ({reason}); create it once as a user who may (any "
+            "run by such a user does), or set reattach = false"
+        )
+        return None
 
 
 def _batches(hashes: list[str]) -> list[list[str]]:

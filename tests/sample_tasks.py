@@ -1,5 +1,6 @@
 """Tasks importable by module name (the "by reference" path), used by unit and e2e tests."""
 
+import os
 import sys
 import threading
 
@@ -85,6 +86,11 @@ def timed_sleep(seconds: float) -> tuple[int, float, float]:
     start = time.time()
     time.sleep(seconds)
     return os.getpid(), start, time.time()
+
+
+@task
+def env_value(name: str) -> tuple[int, str | None]:
+    return os.getpid(), os.environ.get(name)
 
 
 @task

@@ -30,7 +30,7 @@ def in_project(project, monkeypatch):
             del sys.modules[name]
 
 
-def record_deployment(**changes: str) -> None:
+def record_deployment(**changes: object) -> None:
     """What `redun-modal deploy` writes after deploying, with `changes` to fake an old image."""
     config = ExecutorConfig.from_section("default", {"image.gpu.pip": "torch"})
     manifest = {**deployment_manifest(config), **changes}
@@ -53,7 +53,25 @@ def test_doctor_passes_on_a_matching_deployment(in_project, fake_modal, capsys):
     assert cli.main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "ok   function run_job: deployed" in out and "ok   redun:" in out
+    assert "ok   memory snapshots: on" in out
     assert out.strip().endswith("all good")
+
+
+@pytest.mark.parametrize(
+    "deployed, detail",
+    [
+        (False, "deployed off, memory_snapshot says on: redeploy with `redun-modal deploy`"),
+        (None, "not recorded: redeploy with `redun-modal deploy`"),
+    ],
+)
+def test_doctor_finds_a_deployment_without_the_configured_snapshots(
+    in_project, fake_modal, capsys, deployed, detail
+):
+    fake_modal.register_function(APP, "run_job", TARGET)
+    fake_modal.register_function(APP, "run_job_gpu", TARGET)
+    record_deployment(memory_snapshot=deployed)
+    assert cli.main(["doctor"]) == 1
+    assert f"FAIL memory snapshots: {detail}" in capsys.readouterr().out
 
 
 def test_doctor_finds_version_skew(in_project, fake_modal, capsys):

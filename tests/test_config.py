@@ -20,6 +20,7 @@ def test_defaults():
     assert config.app_name == "redun-modal-executor"
     assert config.environment is None
     assert config.ship_code is True
+    assert config.memory_snapshot is True
     assert config.scratch == "/tmp/redun"
     assert config.images == {"default": ImageSpec("default")}
     assert config.task_defaults == {}
@@ -44,10 +45,15 @@ def test_parses_strings_from_redun_ini():
             "memory": "2048",
             "secrets": "hf-token, aws",
             "volumes": "/data=reads, /ref=genomes",
+            "memory_snapshot": "off",
+            "buffer_containers": "2",
+            "scaledown_window": "300",
+            "env": "MODE=fast, GREETING='hello, world'\n EMPTY=",
         },
     )
     assert (config.backend, config.max_workers, config.environment) == ("local", 3, "dev")
     assert config.ship_code is False
+    assert config.memory_snapshot is False
     assert config.images == {
         "default": ImageSpec(
             "default", pip=("pandas==2.2", "numpy>=1.26,<3", "scikit-learn"), apt=("samtools",)
@@ -62,6 +68,9 @@ def test_parses_strings_from_redun_ini():
         memory=2048,
         secrets=("hf-token", "aws"),
         volumes=(("/data", "reads"), ("/ref", "genomes")),
+        buffer_containers=2,
+        scaledown_window=300,
+        env=(("EMPTY", ""), ("GREETING", "hello, world"), ("MODE", "fast")),
     )
 
 
@@ -87,6 +96,16 @@ def test_accepts_redun_046_class_key():
         ({"image": "gpu"}, "image 'gpu' is not configured. Configured images: default."),
         ({"ship_code": "maybe"}, "ship_code must be true or false; got 'maybe'"),
         ({"volumes": "data"}, "volumes must be written /mount/path=volume-name; got 'data'"),
+        ({"memory_snapshot": "maybe"}, "memory_snapshot must be true or false; got 'maybe'"),
+        ({"buffer_containers": "-1"}, "buffer_containers must be 0 or more; got -1"),
+        (
+            {"scaledown_window": "1"},
+            "scaledown_window must be 2 to 3600 seconds, as Modal allows; got 1",
+        ),
+        ({"scaledown_window": "1.5"}, "scaledown_window must be a whole number of seconds"),
+        ({"env": "MODE"}, "[executors.modal]: env must be written NAME=value; got 'MODE'"),
+        ({"env": "MODE='fast"}, "env must be written NAME=value, quoted as in a shell"),
+        ({"env": "1MODE=x"}, "env has '1MODE', which is not a variable name"),
         (
             {"code_excludes": "'my notes/**"},
             "code_excludes must be glob patterns separated by spaces, quoted as in a shell "
@@ -168,6 +187,17 @@ def test_invalid_task_option_value():
         ({"secrets": "hf-token"}, None),
         ({"secrets": [1]}, "secrets must be a list of names"),
         ({"volumes": {"data": "v"}}, "volumes needs absolute mount paths; got 'data'"),
+        ({"buffer_containers": 0}, None),
+        ({"buffer_containers": "many"}, "buffer_containers must be a whole number"),
+        ({"scaledown_window": 3600}, None),
+        ({"scaledown_window": 7200}, "scaledown_window must be 2 to 3600 seconds"),
+        ({"env": {"LOG_LEVEL": "debug"}}, None),
+        (
+            {"env": {"WORKERS": 4}},
+            "env values must be strings; 'WORKERS' is 4: write {'WORKERS': '4'}",
+        ),
+        ({"env": {"LOG-LEVEL": "x"}}, "env has 'LOG-LEVEL', which is not a variable name"),
+        ({"env": ["A=1"]}, "env must map variable names to string values"),
         ({"image": "gpu"}, "image 'gpu' is not configured"),
         ({"vcpus": 4}, "unknown task option 'vcpus' for executor 'modal'; did you mean 'cpu'?"),
         ({"zzz": 4}, "unknown task option 'zzz' for executor 'modal'. Options this executor"),
@@ -197,3 +227,15 @@ def test_call_options_are_hashable_and_list_what_is_set():
         "secrets": ("s",),
         "volumes": (("/a", "x"), ("/b", "y")),
     }
+
+
+def test_task_env_replaces_the_executors_and_stays_hashable():
+    config = ExecutorConfig.from_section("modal", {"env": "MODE=slow, LOG_LEVEL=info"})
+    assert resolve_call_options("wf.t", {}, config).env == (
+        ("LOG_LEVEL", "info"),
+        ("MODE", "slow"),
+    )
+    options = resolve_call_options("wf.t", {"env": {"MODE": "fast"}}, config)
+    assert options.env == (("MODE", "fast"),)  # Replaced, as secrets and volumes are.
+    assert hash(options) == hash(CallOptions(env=(("MODE", "fast"),)))
+    assert options.set_options() == {"env": (("MODE", "fast"),)}

@@ -6,6 +6,7 @@ launch is a process of its own; the same code runs as on Modal.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import modal
 import pytest
+import sqlalchemy as sa
 from helpers import (
     APP,
     LOCAL_CONFIG,
+    ON_POSTGRES,
     REDUN,
     SUM_OF_SQUARES,
     TARGET,
@@ -26,6 +29,7 @@ from helpers import (
     redun_modal,
     wait_for,
 )
+from redun.backends.db import Execution
 
 from redun_modal_executor.backends import create_backend
 from redun_modal_executor.backends.local.storage import FileLock
@@ -299,19 +303,54 @@ scheduler_sync_interval = 1
     assert "wf.py wait_for" in project.redun("log").stdout
 
 
-def test_a_configured_database_is_used_as_is(tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_db_uri(request, tmp_path) -> str:
+    """A database a launched scheduler uses as is: a new Postgres database, and a sqlite file
+    by absolute path standing in for one."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_db_uri")
+    return f"sqlite:///{tmp_path / 'shared.db'}"
+
+
+def test_a_configured_database_is_used_as_is(tmp_path, shared_db_uri):
     """A non-sqlite db_uri (Postgres, in practice) needs no volume: the launched scheduler
-    uses the project's db_uri. A sqlite file by absolute path stands in for it here."""
-    database = tmp_path / "shared.db"
+    uses the project's db_uri."""
     (tmp_path / "wf.py").write_text(WORKFLOW)
     spec = LaunchSpec(
-        config_files={"redun.ini": LOCAL_CONFIG + f"[backend]\ndb_uri = sqlite:///{database}\n"},
+        config_files={"redun.ini": LOCAL_CONFIG + f"[backend]\ndb_uri = {shared_db_uri}\n"},
         database=None,
         sync_interval=60,
         workdir=str(tmp_path),
     )
     assert run_launch(f"{REDUN} run wf.py main", spec).splitlines()[-1] == b"14"
-    assert database.stat().st_size > 0
+    database = Project(tmp_path, db_uri=shared_db_uri)
+    (execution,) = database.query(sa.select(Execution.args))  # The launched `redun run`'s.
+    assert json.loads(execution.args)[1:] == ["run", "wf.py", "main"]
+
+
+@ON_POSTGRES
+def test_launches_on_a_postgres_db_uri_write_the_projects_database(project):
+    """With a Postgres db_uri in redun.ini, a launched scheduler, waited for or detached,
+    writes the project's own database: no volume, no lock, nothing to pull."""
+    project.write("wf.py", WORKFLOW)
+    waited = project.redun(
+        "launch", "--executor", "default", "--wait", "redun", "run", "wf.py", "main"
+    ).stdout
+    assert "b'14\\n'" in waited
+    detached = project.redun("launch", "--executor", "default", "redun", "run", "wf.py", "main")
+    call_id = re.search(r"launched scheduler call (lc-\w+)", detached.stdout).group(1)
+    assert "redun-modal pull" not in detached.stdout
+    status = redun_modal(project, "status", "--wait", call_id).stdout
+    assert status.splitlines()[:2] == [f"{call_id}: succeeded", "14"]
+    log = redun_modal(project, "logs", call_id).stdout
+    assert len(re.findall(r"Cached Job \w+: +(?:main|square|sum_all)", log)) == 6, log
+    # Both runs are in the project's database, with their jobs, without a pull; so is the
+    # waiting client's own execution, of the launch job.
+    executions = project.redun("log").stdout
+    assert len(re.findall(r":  run wf.py main \(", executions)) == 2, executions
+    assert executions.count("redun.script_task('redun run wf.py main')") == 1, executions
+    assert "square" in project.redun("log", "--job").stdout
+    assert not (project.root / ".redun" / "modal-local" / "volumes").exists()
 
 
 def test_modal_dict_lock_refuses_while_the_holder_runs_then_takes_over_once(fake_modal):

@@ -33,13 +33,13 @@ class Pool:
         self.finished: queue.Queue[tuple[str, Call]] = queue.Queue()
         self.pool = WorkerPool(max_workers)
 
-    def spawn(self, name, task, *args, timeout=None, kind=CallKind.TASK) -> Call:
+    def spawn(self, name, task, *args, timeout=None, kind=CallKind.TASK, env=()) -> Call:
         def encode() -> bytes:
             return encode_call(task, args, {}, kind)
 
         call = Call(
             f"Task {task.fullname}",
-            CallOptions(timeout=timeout),
+            CallOptions(timeout=timeout, env=env),
             encode,
             on_done=lambda call: self.finished.put((name, call)),
         )
@@ -124,6 +124,20 @@ def test_warm_worker_is_reused(pool):
         pids.add(result.value[0])
     assert len(pids) == 1
     assert pids != {os.getpid()}
+
+
+def test_env_is_set_in_workers_kept_for_that_env(pool):
+    one = pool(max_workers=1)
+    seen = []
+    for env in [(("MODE", "a"),), (("MODE", "a"),), (("MODE", "b"),), ()]:
+        one.spawn("x", sample_tasks.env_value, "MODE", env=env)
+        (result,) = one.results(1).values()
+        seen.append(result.value)
+    assert [value for _, value in seen] == ["a", "a", "b", os.environ.get("MODE")]
+    pids = [pid for pid, _ in seen]
+    # The same env reuses its warm worker; another env gets a worker of its own, and with
+    # max_workers = 1 the idle one of the other env is stopped to make room.
+    assert pids[0] == pids[1] and len(set(pids[1:])) == 3
 
 
 def test_concurrency_is_limited_to_max_workers(pool):

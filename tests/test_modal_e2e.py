@@ -6,10 +6,19 @@ processes that, as on Modal, cannot import the project's files: code arrives by 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from helpers import APP, MODAL_CONFIG, SUM_OF_SQUARES, final_line, ran, wait_for
+from helpers import (
+    APP,
+    MODAL_CONFIG,
+    ON_EACH_DATABASE,
+    SUM_OF_SQUARES,
+    call_tags,
+    final_line,
+    inflight_rows,
+    job_tags,
+    ran,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -75,6 +84,48 @@ def test_task_options_become_one_bound_variant(modal_project, fake_modal):
     assert bind.volumes == {"/data": "my-volume"}
     assert fake_modal.executions[f"{APP}/run_job_gpu"] == 3
     assert fake_modal.rpc_counts["FunctionBindParams"] == 1
+
+
+def test_env_reaches_the_task_and_warm_pool_options_reach_modal(modal_project, fake_modal):
+    modal_project.write(".redun/redun.ini", MODAL_CONFIG + "env = MODE=slow, LEFT=over\n")
+    modal_project.write(
+        "wf.py",
+        """\
+        import os
+        from redun import task
+
+        @task(env={"MODE": "fast", "GREETING": "hi, there"}, secrets=["hf-token"],
+              buffer_containers=1, scaledown_window=30)
+        def tuned() -> list:
+            return [os.environ.get(name) for name in ("MODE", "GREETING", "HF_TOKEN", "LEFT")]
+
+        @task
+        def plain() -> list:
+            return [os.environ.get(name) for name in ("MODE", "LEFT")]
+
+        @task
+        def main() -> list:
+            return [tuned(), plain()]
+        """,
+    )
+    output = modal_project.redun("run", "wf.py", "main").stdout
+    # A task's env replaces the executor's (LEFT is gone); Secrets still come with it.
+    assert final_line(output) == (
+        "[['fast', 'hi, there', 'not-a-real-token', None], ['slow', 'over']]"
+    )
+    # main and plain share one option set: one variant each set, and one Secret each env.
+    binds = sorted(fake_modal.binds, key=lambda bind: "GREETING" in bind.env)
+    assert [bind.env for bind in binds] == [
+        {"MODE": "slow", "LEFT": "over"},
+        {"MODE": "fast", "GREETING": "hi, there"},
+    ]
+    assert fake_modal.rpc_counts["SecretGetOrCreate"] == 3  # hf-token, and the two env
+    assert binds[-1].secrets == ("hf-token",)  # The env Secret is anonymous: no name.
+    assert (binds[-1].buffer_containers, binds[-1].scaledown_window) == (1, 30)
+    assert (binds[0].buffer_containers, binds[0].scaledown_window) == (None, None)
+    tags = job_tags(modal_project, "tuned")
+    assert tags["modal_env"] == {"GREETING": "hi, there", "MODE": "fast"}
+    assert (tags["modal_buffer_containers"], tags["modal_scaledown_window"]) == (1, 30)
 
 
 def test_big_values_travel_through_blobs(modal_project, fake_modal):
@@ -167,16 +218,6 @@ def test_missing_credentials_say_how_to_set_a_token(modal_project, monkeypatch, 
     )
 
 
-def inflight_rows(project) -> int:
-    import sqlite3
-
-    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
-        try:
-            return db.execute("select count(*) from redun_modal_inflight_call").fetchone()[0]
-        except sqlite3.OperationalError:  # Not created yet.
-            return 0
-
-
 NAPS = """\
 import time
 from redun import task
@@ -206,7 +247,7 @@ def kill_mid_run(project, fake_modal) -> None:
         # schedule (queued before the record, written maybe after it).
         return (
             fake_modal.running == 3
-            and inflight_rows(project) == 4
+            and len(inflight_rows(project)) == 4
             and len(call_tags(project, "nap")) == 3
         )
 
@@ -217,14 +258,12 @@ def kill_mid_run(project, fake_modal) -> None:
         process.wait()
 
 
+@ON_EACH_DATABASE
 def test_killed_scheduler_reattaches_instead_of_running_again(modal_project, fake_modal):
-    import sqlite3
-
     modal_project.write("wf.py", NAPS)
     kill_mid_run(modal_project, fake_modal)
     assert fake_modal.running == 3
-    with sqlite3.connect(modal_project.root / ".redun" / "redun.db") as db:
-        left = {row[0] for row in db.execute("select call_id from redun_modal_inflight_call")}
+    left = set(inflight_rows(modal_project).values())
 
     output = modal_project.redun("run", "wf.py", "main").stdout
     assert final_line(output) == "3"
@@ -235,19 +274,15 @@ def test_killed_scheduler_reattaches_instead_of_running_again(modal_project, fak
     assert len(naps) == 6 and len(set(naps)) == 3 and set(naps) <= left
     executions = fake_modal.executions[f"{APP}/run_job"]
     assert executions == 5  # main, 3 x nap and total: each ran exactly once.
-    assert inflight_rows(modal_project) == 0  # A run that ends normally leaves no rows.
+    assert inflight_rows(modal_project) == {}  # A run that ends normally leaves no rows.
 
 
 def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
-    import sqlite3
-
     import modal
 
     modal_project.write("wf.py", NAPS)
     kill_mid_run(modal_project, fake_modal)
-    with sqlite3.connect(modal_project.root / ".redun" / "redun.db") as db:
-        call_ids = [row[0] for row in db.execute("select call_id from redun_modal_inflight_call")]
-    for call_id in call_ids:
+    for call_id in inflight_rows(modal_project).values():
         modal.FunctionCall.from_id(call_id).cancel()
     fake_modal.wait_until(lambda: fake_modal.running == 0)
 
@@ -255,27 +290,6 @@ def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
     assert final_line(output) == "3"
     assert output.count("reattaching to Modal call fc-") == 3
     assert fake_modal.executions[f"{APP}/run_job"] == 5 + 3  # The naps ran again, once.
-
-
-def job_tag_rows(project, task: str) -> list[tuple[str, Any]]:
-    import json
-    import sqlite3
-
-    query = (
-        "select tag.key, tag.value from tag join job on tag.entity_id = job.id "
-        "join task on job.task_hash = task.hash where task.name = ?"
-    )
-    with sqlite3.connect(project.root / ".redun" / "redun.db") as db:
-        return [(key, json.loads(value)) for key, value in db.execute(query, (task,))]
-
-
-def job_tags(project, task: str) -> dict:
-    return dict(job_tag_rows(project, task))
-
-
-def call_tags(project, task: str) -> list[str]:
-    """The ``modal_call`` tags of every job of ``task``."""
-    return [value for key, value in job_tag_rows(project, task) if key == "modal_call"]
 
 
 def test_jobs_are_tagged_with_their_call_image_and_resources(modal_project, fake_modal):

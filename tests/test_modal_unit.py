@@ -34,8 +34,11 @@ def test_task_options_map_to_with_options_arguments():
             "region": "us-east",
             "cloud": "aws",
             "max_containers": 10,
+            "buffer_containers": 1,
+            "scaledown_window": 120,
             "secrets": ["hf-token"],
             "volumes": {"/data": "my-volume"},
+            "env": {"MODE": "fast", "LOG_LEVEL": "debug"},
         },
         config,
     )
@@ -53,19 +56,48 @@ def test_task_options_map_to_with_options_arguments():
         "region": "us-east",
         "cloud": "aws",
         "max_containers": 10,
+        "buffer_containers": 1,
+        "scaledown_window": 120,
         "secrets": [("secret", "hf-token", {"environment_name": "dev"})],
         "volumes": {"/data": ("volume", "my-volume", {"environment_name": "dev"})},
+        "env": {"LOG_LEVEL": "debug", "MODE": "fast"},
     }
 
 
-def test_with_options_never_gets_env():
-    # env= would create a Secret and a new variant per call; environment travels otherwise.
-    options = CallOptions(timeout=5, gpu="T4", secrets=("s",), volumes=(("/d", "v"),))
+def test_with_options_takes_every_argument_modal_options_gives():
+    # Each name checked against the installed client's signature, not against a guess.
+    import inspect
+
+    accepted = inspect.signature(modal.Function.with_options).parameters
+    options = CallOptions(
+        timeout=5,
+        gpu="T4",
+        cpu=1,
+        memory=512,
+        retries=1,
+        region="us-east",
+        cloud="aws",
+        max_containers=3,
+        buffer_containers=1,
+        scaledown_window=30,
+        secrets=("s",),
+        volumes=(("/d", "v"),),
+        env=(("A", "1"),),
+    )
     with (
         mock.patch.object(modal.Secret, "from_name"),
         mock.patch.object(modal.Volume, "from_name"),
     ):
-        assert "env" not in modal_options(options, None)
+        given = modal_options(options, None)
+    assert set(given) == set(options.set_options()) - {"image"}
+    assert set(given) <= set(accepted)
+
+
+def test_env_goes_to_with_options_only_when_set():
+    assert "env" not in modal_options(CallOptions(timeout=5), None)
+    assert modal_options(CallOptions(env=(("A", "1"), ("B", ""))), None) == {
+        "env": {"A": "1", "B": ""}
+    }
 
 
 def test_image_spec_pins_python_redun_and_cloudpickle():
@@ -96,18 +128,48 @@ def test_image_spec_pins_python_redun_and_cloudpickle():
     registry.return_value.pip_install.assert_called_once_with(*pins, "torch")
 
 
-def test_app_registers_the_generic_function_once_per_image():
+@pytest.mark.parametrize("snapshot, setting", [(True, {}), (False, {"memory_snapshot": "no"})])
+def test_app_registers_the_generic_function_once_per_image(snapshot, setting):
     config = ExecutorConfig.from_section(
-        "modal", {"app_name": "my-redun", "image.gpu.pip": "torch"}
+        "modal", {"app_name": "my-redun", "image.gpu.pip": "torch", **setting}
     )
-    with mock.patch.object(modal, "App") as app, mock.patch.object(modal_app, "build_image"):
+    with (
+        mock.patch.object(modal, "App") as app,
+        mock.patch.object(modal_app, "build_image", side_effect=lambda spec: spec.name),
+    ):
         modal_app.build_app(config)
     app.assert_called_once_with("my-redun")
-    names = [call.kwargs["name"] for call in app.return_value.function.call_args_list]
-    assert names == ["run_job", "run_job_gpu"]
-    assert all(call.kwargs["serialized"] for call in app.return_value.function.call_args_list)
+    assert app.return_value.function.call_args_list == [
+        mock.call(name=name, image=image, serialized=True, enable_memory_snapshot=snapshot)
+        for name, image in (("run_job", "default"), ("run_job_gpu", "gpu"))
+    ]
     decorated = [call.args[0] for call in app.return_value.function.return_value.call_args_list]
     assert decorated == [modal_app.run_job, modal_app.run_job]
+
+
+def test_the_container_imports_the_worker_when_it_loads_the_function():
+    # Modal pickles run_job by reference: loading it imports backends.modal.app, before the
+    # snapshot. The worker must be imported there, at module level, not in run_job.
+    import pickletools
+    import subprocess
+
+    from modal._serialization import serialize
+
+    opcodes = [(op.name, arg) for op, arg, _ in pickletools.genops(serialize(modal_app.run_job))]
+    assert ("SHORT_BINUNICODE", "redun_modal_executor.backends.modal.app") in opcodes
+    assert ("SHORT_BINUNICODE", "run_job") in opcodes
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; import redun_modal_executor.backends.modal.app; "
+            "print('redun_modal_executor.worker.run' in sys.modules, 'redun' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.split() == ["True", "True"]
 
 
 def test_deploy_command_deploys_each_app_once(tmp_path, monkeypatch, capsys):
@@ -119,8 +181,12 @@ def test_deploy_command_deploys_each_app_once(tmp_path, monkeypatch, capsys):
         "[executors.other]\ntype = local\n"
     )
     monkeypatch.chdir(tmp_path)
-    with mock.patch.object(modal_app, "deploy") as deploy:
+    with (
+        mock.patch.object(modal_app, "connect") as connect,
+        mock.patch.object(modal_app, "deploy") as deploy,
+    ):
         assert cli.main(["deploy"]) == 0
+    connect.assert_called_once_with()
     (call,) = deploy.call_args_list
     assert (call.args[0].app_name, call.args[0].environment) == ("redun-modal-executor", "dev")
     assert "Deploying Modal app 'redun-modal-executor' for [executors.default]: run_job" in (
@@ -154,18 +220,24 @@ def test_function_names(image, name):
     assert modal_app.function_name(image) == name
 
 
-def test_deploy_command_refuses_two_image_sets_for_one_app(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "second, differs", [("pip = torch", "images"), ("memory_snapshot = false", "memory_snapshot")]
+)
+def test_deploy_command_refuses_two_sections_of_one_app_that_differ(
+    tmp_path, monkeypatch, capsys, second, differs
+):
     (tmp_path / ".redun").mkdir()
     (tmp_path / ".redun" / "redun.ini").write_text(
-        "[executors.a]\ntype = modal\n[executors.b]\ntype = modal\npip = torch\n"
+        f"[executors.a]\ntype = modal\n[executors.b]\ntype = modal\n{second}\n"
     )
     monkeypatch.chdir(tmp_path)
     with mock.patch.object(modal_app, "deploy") as deploy:
         assert cli.main(["deploy"]) == 2
     deploy.assert_not_called()
-    assert "deploy the same app 'redun-modal-executor' with different images" in (
-        capsys.readouterr().err
-    )
+    assert (
+        "[executors.a] and [executors.b] deploy the same app 'redun-modal-executor' with "
+        f"different {differs}"
+    ) in capsys.readouterr().err
 
 
 def test_deploy_deploys_then_records_what_the_images_were_built_with():
@@ -185,6 +257,7 @@ def test_deploy_deploys_then_records_what_the_images_were_built_with():
     assert manifest["python"] == PYTHON and manifest["redun"] == redun.__version__
     assert manifest["cloudpickle"] == cloudpickle.__version__
     assert manifest["payload_format"] == "1" and manifest["functions"] == ["run_job"]
+    assert manifest["memory_snapshot"] is True
 
 
 @pytest.mark.parametrize("db_uri, reattaches", [("sqlite:///:memory:", False), ("file", True)])

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 from grpclib import Status
-from helpers import APP, MODAL_CONFIG, TARGET, final_line, ran, wait_for
+from helpers import (
+    APP,
+    MODAL_CONFIG,
+    ON_EACH_DATABASE,
+    TARGET,
+    final_line,
+    inflight_rows,
+    ran,
+    wait_for,
+)
 
 from redun_modal_executor.backends.local.template import TEMPLATE_FLAG, WORKER_MODULE
 
@@ -41,7 +50,7 @@ TEMPLATE_COMMAND = f"{WORKER_MODULE}\0{TEMPLATE_FLAG}\0".encode()  # In /proc/<p
 
 @pytest.fixture
 def deployed(project, fake_modal):
-    project.write(".redun/redun.ini", MODAL_CONFIG)
+    project.configure(MODAL_CONFIG)
     fake_modal.register_function(APP, "run_job", TARGET)
     return project
 
@@ -57,6 +66,7 @@ def interrupt_when(project, condition, *args: str) -> str:
         process.kill()
 
 
+@ON_EACH_DATABASE
 def test_sigint_mid_fan_out_cancels_every_call_on_modal(deployed, fake_modal):
     deployed.write("wf.py", FAN_OUT)
     output = interrupt_when(
@@ -67,6 +77,7 @@ def test_sigint_mid_fan_out_cancels_every_call_on_modal(deployed, fake_modal):
     statuses = {record.status for call in fake_modal.calls.values() for record in call.inputs}
     assert statuses <= {"SUCCESS", "TERMINATED"}  # main finished; every nap was cancelled.
     assert fake_modal.inputs_cancelled == 50
+    assert inflight_rows(deployed) == {}  # Written for reattaching, released on the way out.
 
 
 def local_processes(project) -> dict[int, int]:
@@ -91,6 +102,7 @@ def local_workers(project) -> list[int]:
     return [pid for pid, parent in processes.items() if parent in processes]
 
 
+@ON_EACH_DATABASE
 def test_sigint_mid_fan_out_stops_every_local_worker(project):
     project.write("wf.py", FAN_OUT)  # Two workers (the project's max_workers), 50 naps.
     output = interrupt_when(project, lambda: len(local_workers(project)) == 2)

@@ -7,6 +7,7 @@ starts with the key, as in ``timeout must be a positive number of seconds``.
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +33,11 @@ GPU_TYPES = (
 MAX_GPUS_PER_CONTAINER = 8
 # Modal counts memory in MiB; a request below this is almost surely GiB written as MiB.
 MIN_MEMORY_MIB = 128
+# Modal's bounds on `scaledown_window` (modal/_functions.py: _Function._from_local, and
+# _FunctionAutoscalerManager.update).
+SCALEDOWN_WINDOW_SECONDS = (2, 3600)
+# What a shell takes as a variable name.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def did_you_mean(name: str, candidates: Any) -> str:
@@ -73,18 +79,28 @@ def count(value: Any) -> int:
     return number
 
 
-def seconds(value: Any) -> float:
-    number = _number(value, float, "a number of seconds")
+def _positive(value: Any, noun: str) -> float:
+    number = _number(value, float, f"a {noun}")
     if not number > 0:
-        raise ValueError(f"must be a positive number of seconds; got {value!r}")
+        raise ValueError(f"must be a positive {noun}; got {value!r}")
+    return number
+
+
+def seconds(value: Any) -> float:
+    return _positive(value, "number of seconds")
+
+
+def scaledown_seconds(value: Any) -> int:
+    """Whole seconds within Modal's bounds for ``scaledown_window``."""
+    number = _number(value, int, "a whole number of seconds")
+    low, high = SCALEDOWN_WINDOW_SECONDS
+    if not low <= number <= high:
+        raise ValueError(f"must be {low} to {high} seconds, as Modal allows; got {number}")
     return number
 
 
 def cpu(value: Any) -> float:
-    cores = _number(value, float, "a number of CPU cores")
-    if not cores > 0:
-        raise ValueError(f"must be a positive number of CPU cores; got {value!r}")
-    return cores
+    return _positive(value, "number of CPU cores")
 
 
 def memory(value: Any) -> int:
@@ -173,6 +189,45 @@ def volumes(value: Any) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"needs absolute mount paths; got {path!r}")
         if not (isinstance(name, str) and name):
             raise ValueError(f"needs a volume name for {path!r}")
+    return tuple(sorted(pairs))
+
+
+def env_vars(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{"NAME": "value"}``, or ``NAME=value, OTHER=value`` in redun.ini (split as a shell
+    splits words, commas also separating: quote a value that holds a space or a comma)."""
+    if isinstance(value, str):
+        try:
+            lexer = shlex.shlex(value, posix=True)
+            lexer.whitespace += ","
+            lexer.whitespace_split = True
+            items = list(lexer)
+        except ValueError as error:  # shlex's "No closing quotation".
+            raise ValueError(
+                f"must be written NAME=value, quoted as in a shell ({str(error).lower()}); "
+                f"got {value!r}"
+            ) from None
+        pairs = []
+        for item in items:
+            name, equals, text = item.partition("=")
+            if not equals:
+                raise ValueError(f"must be written NAME=value; got {item!r}")
+            pairs.append((name, text))
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        raise ValueError(f"must map variable names to string values; got {value!r}")
+    for name, text in pairs:
+        if not (isinstance(name, str) and _ENV_NAME.fullmatch(name)):
+            raise ValueError(
+                f"has {name!r}, which is not a variable name: letters, digits and _, "
+                "not starting with a digit"
+            )
+        if not isinstance(text, str):
+            raise ValueError(
+                f"values must be strings; {name!r} is {text!r}: write {{{name!r}: {str(text)!r}}}"
+            )
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise ValueError(f"names a variable twice; got {value!r}")
     return tuple(sorted(pairs))
 
 

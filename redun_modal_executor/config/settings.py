@@ -75,8 +75,9 @@ class ExecutorConfig:
         parsers.positive_int,
         "Most jobs running at once on the ``local`` backend. Workers are separate Python "
         "processes, started on demand and reused across jobs. (On Modal, use "
-        "``max_containers``.) The local backend honours the ``timeout`` and ``retries`` task "
-        "options; it accepts and checks the others, so a GPU task runs on the CPU there.",
+        "``max_containers``.) The local backend honours the ``timeout``, ``retries`` and "
+        "``env`` task options; it accepts and checks the others, so a GPU task runs on the "
+        "CPU there.",
         shown="number of CPUs",
     )
     app_name: str = setting(
@@ -93,6 +94,13 @@ class ExecutorConfig:
     # The section's pip, apt and registry_image keys, and image.<name>.* for more images.
     images: Mapping[str, ImageSpec] = settings_from(
         ImageSpec, lambda: {DEFAULT_IMAGE: ImageSpec(DEFAULT_IMAGE)}
+    )
+    memory_snapshot: bool = setting(
+        True,
+        parsers.flag,
+        "Deploy the generic function with Modal's memory snapshots: a new container starts "
+        "from a snapshot taken after redun and the worker were imported, instead of importing "
+        "them. Takes effect at ``redun-modal deploy``.",
     )
     ship_code: bool = setting(
         True,

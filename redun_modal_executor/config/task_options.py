@@ -97,6 +97,31 @@ class CallOptions:
         shown="no limit",
         passthrough=True,
     )
+    buffer_containers: int | None = setting(
+        None,
+        parsers.count,
+        "Idle containers Modal keeps ready, beyond those busy, while jobs with these options "
+        "are running: later jobs start without a cold start, at the cost of the idle "
+        "containers.",
+        shown="0",
+        passthrough=True,
+    )
+    scaledown_window: int | None = setting(
+        None,
+        parsers.scaledown_seconds,
+        "Seconds, 2 to 3600, that an idle container waits for the next job with these "
+        "options before Modal stops it.",
+        shown="Modal's default",
+        passthrough=True,
+    )
+    env: tuple[tuple[str, str], ...] = setting(
+        (),
+        parsers.env_vars,
+        "Environment variables for the job: ``{'LOG_LEVEL': 'debug'}`` in a task, "
+        "``LOG_LEVEL=debug, MODE=fast`` in redun.ini (quote a value with a space or a comma, "
+        "as in a shell). A task's ``env`` replaces the executor's. Not for credentials: use "
+        "``secrets``.",
+    )
 
     def set_options(self) -> dict[str, Any]:
         """The options that differ from their defaults, for display and tags."""

@@ -379,13 +379,23 @@ class ControlPlane:
             self.variants[bound_id] = Variant(bound_id, base.spec, options)
         self.binds.append(
             BindRecord.decode(
-                base.spec, bound_id, options or api_pb2.FunctionOptions(), self._name_of
+                base.spec,
+                bound_id,
+                options or api_pb2.FunctionOptions(),
+                self._name_of,
+                self._env_of,
             )
         )
         return self.variants[bound_id]
 
     def secret(self, request: api_pb2.SecretGetOrCreateRequest) -> NamedObject:
-        """Find (or, unless strict, create) a Secret by name."""
+        """Find (or, unless strict, create) a Secret by name; or, for `Secret.from_dict` (an
+        `env_dict` and no name, as `with_options(env=...)` sends), a new anonymous one."""
+        if not request.deployment_name:
+            environment = self.environment(request.environment_name)
+            record = NamedObject(new_id("st"), "", environment, dict(request.env_dict))
+            self.secrets[record.object_id] = record
+            return record
         create = request.object_creation_type in (
             api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING,
             api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL,
@@ -441,6 +451,10 @@ class ControlPlane:
         record = NamedObject(new_id(prefix), request.deployment_name, environment)
         table[record.object_id] = record
         return record
+
+    def _env_of(self, secret_id: str) -> dict[str, str] | None:
+        record = self.secrets.get(secret_id)
+        return dict(record.values) if record is not None and not record.name else None
 
     def _name_of(self, object_id: str) -> str:
         record = self.secrets.get(object_id) or self.volumes.get(object_id)

@@ -77,8 +77,11 @@ class BindRecord:
     regions: tuple[str, ...]
     cloud: str | None
     max_containers: int | None
-    secrets: tuple[str, ...]  # secret names
+    buffer_containers: int | None
+    scaledown_window: int | None
+    secrets: tuple[str, ...]  # names of the named secrets
     volumes: dict[str, str]  # mount path -> volume name
+    env: dict[str, str]  # the values of the anonymous secrets (`with_options(env=...)`)
 
     @classmethod
     def decode(
@@ -87,8 +90,18 @@ class BindRecord:
         bound_function_id: str,
         options: api_pb2.FunctionOptions,
         name_of: Callable[[str], str],
+        env_of: Callable[[str], dict[str, str] | None],
     ) -> BindRecord:
-        """Read the options the client sent; `name_of` maps secret and volume ids to names."""
+        """Read the options the client sent; `name_of` maps secret and volume ids to names,
+        `env_of` an anonymous secret's id to its values (None for a named one)."""
+        env: dict[str, str] = {}
+        named: list[str] = []
+        for secret_id in options.secret_ids:
+            values = env_of(secret_id)
+            if values is None:
+                named.append(name_of(secret_id))
+            else:
+                env.update(values)
         resources = options.resources
         gpu: str | None = None
         if resources.gpu_config.count:
@@ -109,10 +122,19 @@ class BindRecord:
             max_containers=(
                 options.concurrency_limit if options.HasField("concurrency_limit") else None
             ),
-            secrets=tuple(name_of(secret_id) for secret_id in options.secret_ids),
+            buffer_containers=(
+                options.buffer_containers if options.HasField("buffer_containers") else None
+            ),
+            scaledown_window=(
+                options.task_idle_timeout_secs
+                if options.HasField("task_idle_timeout_secs")
+                else None
+            ),
+            secrets=tuple(named),
             volumes={
                 mount.mount_path: name_of(mount.volume_id) for mount in options.volume_mounts
             },
+            env=env,
         )
 
 

@@ -76,7 +76,7 @@ class LocalBackend(Backend):
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                env=worker_environment(),
+                env=worker_environment(call.options.env),
                 start_new_session=True,
             )
         return call_id

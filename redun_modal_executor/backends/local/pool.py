@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
-from redun_modal_executor.backends.local.template import Child, Template, describe_exit
+from redun_modal_executor.backends.local.template import Child, Template, WorkerEnv, describe_exit
 from redun_modal_executor.calls import Call
 from redun_modal_executor.errors import CallCancelledError, CallTimeoutError, WorkerDiedError
 
@@ -44,18 +44,25 @@ class _WorkItem:
     def timeout(self) -> float | None:
         return self.call.options.timeout
 
+    @property
+    def env(self) -> WorkerEnv:
+        return self.call.options.env
+
 
 class _Worker:
     """One worker process, forked by the template, and the socket to it.
 
     A new worker first sends an empty message; its call is transmitted only then, so start-up
-    (the template's included) does not count against the call's timeout.
+    (the template's included) does not count against the call's timeout. The template sets
+    the ``env`` task option of its first call in it before that, and it takes only calls with
+    the same ``env`` (as on Modal, where each option set has containers of its own).
     """
 
-    def __init__(self, template: Template) -> None:
+    def __init__(self, template: Template, env: WorkerEnv) -> None:
         self.template = template
+        self.env = env
         self.child: Child
-        self.child, ours = template.fork()
+        self.child, ours = template.fork(env)
         self.connection = Connection(ours.detach())
         self.ready = False
         self.item: _WorkItem | None = None
@@ -146,13 +153,15 @@ class _Worker:
             pass
 
 
-def worker_environment() -> dict[str, str]:
-    """Workers import task modules from the same places this process does."""
+def worker_environment(extra: WorkerEnv = ()) -> dict[str, str]:
+    """Workers import task modules from the same places this process does; ``extra`` (a
+    call's ``env`` option) is set on top."""
     env = dict(os.environ)
     paths = [path for path in sys.path if path]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra)
     return env
 
 
@@ -268,9 +277,16 @@ class WorkerPool:
         while queued and (idle or len(busy) < self.max_workers):
             if self._template is not None and self._template.ended:
                 return  # The dispatcher deals with its workers first.
+            worker = _take_idle(idle, queued[0].env)
+            if worker is None and len(idle) + len(busy) >= self.max_workers:
+                # The idle workers have another env: stop one, so max_workers still holds
+                # (and look again: the template may have ended meanwhile).
+                idle.pop(0).close()
+                continue
             item = queued.popleft()
             try:
-                worker = idle.pop() if idle else _Worker(self._template_for(env))
+                if worker is None:
+                    worker = _Worker(self._template_for(env), item.env)
             except OSError as error:
                 message = f"{item.call.label}: could not start a worker process: {error}"
                 item.call.finish(WorkerDiedError(message))
@@ -324,6 +340,14 @@ def _template_ended(
                 )
             )
     busy.clear()
+
+
+def _take_idle(idle: list[_Worker], env: WorkerEnv) -> _Worker | None:
+    """The most recently idle worker started with ``env``, taken out of ``idle``."""
+    for index in range(len(idle) - 1, -1, -1):
+        if idle[index].env == env:
+            return idle.pop(index)
+    return None
 
 
 def _collect(worker: _Worker, idle: list[_Worker], busy: dict[Connection, _Worker]) -> None:

@@ -4,10 +4,11 @@ The pool starts it with the first worker it needs, in the workers' environment a
 of its own: ``python -m redun_modal_executor.backends.local.worker_main --template <fd>``. It
 is a fresh interpreter, not a fork of the scheduler, so nothing of the scheduler's reaches a
 worker. It imports what a worker runs (``worker_main``: redun and this package), says it is
-ready, and waits on its control socket, single-threaded. Each request there is one byte with
-a worker's socket end attached (SCM_RIGHTS). The template forks; the child starts a session
-of its own, drops the template's signal handling and control socket, and serves calls on that
-socket (``worker_main.serve``) as a worker started from scratch would. The template answers
+ready, and waits on its control socket, single-threaded. Each request there is a header with
+a worker's socket end attached (SCM_RIGHTS), then the worker's ``env`` (JSON). The template
+forks; the child starts a session of its own, drops the template's signal handling and control
+socket, sets its ``env`` in ``os.environ``, and serves calls on that socket
+(``worker_main.serve``) as a worker started from scratch would. The template answers
 with the child's pid, reaps its children and reports each one's exit status. It exits when
 the control socket closes; workers still running then carry on until their own socket closes.
 
@@ -17,6 +18,7 @@ the control socket closes; workers still running then carry on until their own s
 from __future__ import annotations
 
 import gc
+import json
 import os
 import select
 import signal
@@ -35,8 +37,13 @@ TEMPLATE_FLAG = "--template"
 # or, for a fork that failed, its errno.
 _REPORT = struct.Struct("=cii")
 _READY, _STARTED, _FAILED, _EXITED = b"r", b"s", b"f", b"x"
-_REQUEST = b"w"
+# A request: its kind, and the length of the worker's env (JSON) that follows it.
+_REQUEST = struct.Struct("=cI")
+_FORK = b"w"
 _END_GRACE_SECONDS = 2.0  # For the template to exit once its control socket closes.
+
+# A call's ``env`` option: what its worker sets in ``os.environ`` before its first call.
+WorkerEnv = tuple[tuple[str, str], ...]
 
 
 def describe_exit(code: int) -> str:
@@ -55,6 +62,7 @@ class Child:
     """A worker the template was asked to fork, as far as the pool knows."""
 
     end: socket.socket | None  # The worker's socket end, until it is sent to the template.
+    env: WorkerEnv
     pid: int | None = None
     code: int | None = None  # Its exit status, once the template has reaped it.
     failed: str | None = None  # Why it was never started.
@@ -88,12 +96,12 @@ class Template:
     def fileno(self) -> int:
         return self.control.fileno()
 
-    def fork(self) -> tuple[Child, socket.socket]:
-        """Ask for a worker; return it and the pool's end of its socket."""
+    def fork(self, env: WorkerEnv) -> tuple[Child, socket.socket]:
+        """Ask for a worker with ``env`` set; return it and the pool's end of its socket."""
         if self.ended:
             raise OSError(f"the worker template process (pid {self.pid}) has ended")
         ours, theirs = socket.socketpair()
-        child = Child(theirs)
+        child = Child(theirs, env)
         if self.ready:
             self._send(child)
         else:
@@ -170,8 +178,11 @@ class Template:
 
     def _send(self, child: Child) -> None:
         assert child.end is not None
+        env = json.dumps(child.env).encode()
+        request = _REQUEST.pack(_FORK, len(env)) + env
         try:
-            socket.send_fds(self.control, [_REQUEST], [child.end.fileno()])
+            sent = socket.send_fds(self.control, [request], [child.end.fileno()])
+            self.control.sendall(request[sent:])
         except OSError:
             self._close_end(child, f"the worker template process (pid {self.pid}) has ended")
             self._end()
@@ -221,6 +232,28 @@ def _reap(control: socket.socket) -> None:
         _report(control, _EXITED, pid, os.waitstatus_to_exitcode(status))
 
 
+def _receive_request(control: socket.socket) -> tuple[list[int], dict[str, str]] | None:
+    """The next request: the fds attached (a worker's socket end) and the worker's env; None
+    once the pool has gone."""
+    head, fds, _, _ = socket.recv_fds(control, _REQUEST.size, 1)
+    if not head:
+        return None
+    head += _receive_exactly(control, _REQUEST.size - len(head))
+    _, length = _REQUEST.unpack(head)
+    return fds, dict(json.loads(_receive_exactly(control, length)))
+
+
+def _receive_exactly(control: socket.socket, size: int) -> bytes:
+    """The next ``size`` bytes of a request."""
+    data = b""
+    while len(data) < size:
+        chunk = control.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError("the pool closed the control socket mid-request")
+        data += chunk
+    return data
+
+
 def run_template(control_fd: int) -> int | None:
     """The template's loop, once ``worker_main`` is imported. Returns in each worker it forks,
     with the fd of the worker's socket; in the template once the pool has gone, with None."""
@@ -252,17 +285,19 @@ def _serve_requests(control: socket.socket) -> int | None:
             _reap(control)
         if control not in readable:
             continue
-        request, fds, _, _ = socket.recv_fds(control, 1, 1)
-        if not request:
+        request = _receive_request(control)
+        if request is None:
             return None
+        fds, env = request
         if not fds:
             continue
+        worker_fd = fds[0]
         sys.stdout.flush()  # Nothing buffered here is written twice.
         sys.stderr.flush()
         try:
             pid = os.fork()
         except OSError as error:
-            os.close(fds[0])
+            os.close(worker_fd)
             _report(control, _FAILED, 0, error.errno or 0)
             continue
         if pid == 0:
@@ -274,6 +309,7 @@ def _serve_requests(control: socket.socket) -> int | None:
             os.close(wake_reader)
             os.close(wake_writer)
             control.close()
-            return fds[0]
-        os.close(fds[0])
+            os.environ.update(env)
+            return worker_fd
+        os.close(worker_fd)
         _report(control, _STARTED, pid)

@@ -15,13 +15,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from redun_modal_executor.backends.base import Backend, BackendRef, DetachedState, Volume
-from redun_modal_executor.backends.modal.app import code_dict_name, function_name
+from redun_modal_executor.backends.modal.app import code_dict_name, connect, function_name
 from redun_modal_executor.backends.modal.calls import ModalCalls
+from redun_modal_executor.backends.modal.explain import commands_errors
 from redun_modal_executor.backends.modal.storage import DictLock, ModalVolume
 from redun_modal_executor.calls import Call
 from redun_modal_executor.code_package import CodePackage
 from redun_modal_executor.config import CallOptions, ExecutorConfig
-from redun_modal_executor.errors import CodePackageError, LaunchError
+from redun_modal_executor.errors import (
+    CodePackageError,
+    LaunchError,
+    ModalAuthError,
+    ModalUnreachableError,
+)
 from redun_modal_executor.launch.lock import DatabaseLock
 
 LOCK_DICT_SUFFIX = "-locks"
@@ -60,6 +66,10 @@ class ModalBackend(Backend):
         import modal.exception
 
         try:
+            connect()
+        except (ModalAuthError, ModalUnreachableError) as error:
+            raise LaunchError(f"could not ask Modal about {call_id}: {error}") from None
+        try:
             envelope = modal.FunctionCall.from_id(call_id).get(timeout=None if wait else 0)
         except TimeoutError:
             return DetachedState(running=True)
@@ -75,9 +85,12 @@ class ModalBackend(Backend):
 
     def log_lines(self, call_id: str, entries: int) -> Iterator[str]:
         import modal
+        import modal.exception
 
-        for entry in modal.FunctionCall.from_id(call_id).logs.tail(entries=entries):
-            yield entry.message
+        connect()
+        with commands_errors():
+            for entry in modal.FunctionCall.from_id(call_id).logs.tail(entries=entries):
+                yield entry.message
 
     def volume(self, name: str, mount: str) -> Volume:
         return ModalVolume(name, mount, self.ref.environment)

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import math
 import threading
+from collections.abc import Awaitable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,12 @@ from redun_modal_executor.backends.modal.client import access
 from redun_modal_executor.backends.modal.explain import (
     DEPLOY_HINT,
     INTERNAL_FAILURE_ATTEMPTS,
+    UNREACHABLE_SECONDS,
     auth_message,
     explain,
     through_transient_errors,
+    unreachable,
+    within_reach,
 )
 from redun_modal_executor.backends.modal.pollers import Pollers
 from redun_modal_executor.calls import Call
@@ -64,6 +68,9 @@ def modal_options(options: CallOptions, environment: str | None) -> dict[str, An
             path: modal.Volume.from_name(name, environment_name=environment)
             for path, name in options.volumes
         }
+    if options.env:
+        # The client turns it into a Secret (Secret.from_dict), made when the variant is bound.
+        kwargs["env"] = dict(options.env)
     return kwargs
 
 
@@ -87,6 +94,7 @@ class ModalCalls:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # Set while running.
         # Owned by the loop thread.
+        self._connecting: asyncio.Future[Any] | None = None  # the default client, connected
         self._bases: dict[str, asyncio.Future[Any]] = {}  # image -> its deployed function
         self._functions: dict[CallOptions, asyncio.Future[Any]] = {}  # bound variants
         self._items: dict[Call, _WorkItem] = {}
@@ -147,7 +155,9 @@ class ModalCalls:
                         return
                 spawn = functools.partial(function.spawn.aio, payload)
                 del payload  # Sent, a big value would take memory until the call ends.
-                item.spawning = asyncio.ensure_future(through_transient_errors(spawn))
+                # Not cut short (a big payload takes its time), but not retried for long.
+                deadline = asyncio.get_running_loop().time() + UNREACHABLE_SECONDS
+                item.spawning = asyncio.ensure_future(through_transient_errors(spawn, deadline))
                 item.function_call = await asyncio.shield(item.spawning)
                 call.spawned(item.function_call.object_id)
                 try:
@@ -183,7 +193,8 @@ class ModalCalls:
         try:
             function = await self._ready_function(call.options)
             spawn = functools.partial(function.spawn.aio, payload)
-            function_call = await through_transient_errors(spawn)
+            deadline = asyncio.get_running_loop().time() + UNREACHABLE_SECONDS
+            function_call = await through_transient_errors(spawn, deadline)
         except Exception as error:
             raise await explain(error, call.label, call.options, None) from None
         return function_call.object_id
@@ -196,12 +207,22 @@ class ModalCalls:
         item.function_call = modal.FunctionCall.from_id(call_id)  # stop() cancels it too.
         item.call.reattached(call_id)
         try:
+            await self._connected()  # The long-poll below cannot be bounded.
             return await self._get(item.function_call)
         except asyncio.CancelledError:
             raise
         except Exception:
             item.function_call = None
             return None
+
+    def _connected(self) -> Awaitable[Any]:
+        """The default client, connected; ``ModalUnreachableError`` if it cannot be within
+        ``UNREACHABLE_SECONDS``. Once per run: every job that waits to reach Modal shares it."""
+        import modal
+
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(within_reach(modal.Client.from_env.aio))
+        return asyncio.shield(self._connecting)
 
     async def _get(self, function_call: Any) -> Any:
         """The call's result, long-polled over a connection with a stream to spare."""
@@ -228,7 +249,7 @@ class ModalCalls:
             return base
         variant = base.with_options(**kwargs)
         try:
-            await variant.hydrate.aio()
+            await within_reach(variant.hydrate.aio)
         except modal.exception.NotFoundError as error:
             raise RemoteCallError(
                 f"a Modal Secret or Volume named in the task options was not found ({error}); "
@@ -243,8 +264,13 @@ class ModalCalls:
 
         name, app, environment = function_name(image), self._ref.app_name, self._ref.environment
         base = modal.Function.from_name(app, name, environment_name=environment)
-        try:
+
+        async def hydrate() -> None:
+            await self._connected()
             await base.hydrate.aio()
+
+        try:
+            await within_reach(hydrate)
         except modal.exception.NotFoundError as error:
             raise AppNotDeployedError(
                 f"the Modal app {app!r} has no function {name!r} in environment "
@@ -262,13 +288,27 @@ class ModalCalls:
         packages = modal.Dict.from_name(
             name, environment_name=self._ref.environment, create_if_missing=True
         )
+        contains = functools.partial(packages.contains.aio, package.digest)
+        put = functools.partial(
+            packages.put.aio, package.digest, package.data, skip_if_exists=True
+        )
+
+        async def ask() -> bool:
+            await self._connected()
+            return await contains()
+
         try:
             # Usually the package is there from an earlier run: ask before sending it.
-            if not await packages.contains.aio(package.digest):
-                await packages.put.aio(package.digest, package.data, skip_if_exists=True)
+            if not await within_reach(ask):
+                # Not cut short (it may be big), but not retried for long.
+                deadline = asyncio.get_running_loop().time() + UNREACHABLE_SECONDS
+                await through_transient_errors(put, deadline)
         except modal.exception.AuthError as error:
             raise ModalAuthError(auth_message(error)) from None
         except Exception as error:
+            lost = unreachable(error)
+            if lost is not None:
+                raise lost from None
             raise RemoteCallError(
                 f"could not upload the code package {package.digest[:12]} to the Modal Dict "
                 f"{name!r}: {type(error).__name__}: {error}"
@@ -280,6 +320,7 @@ class ModalCalls:
         cancelled = await self._cancel_all()
         await self._pollers.close()
         # A restart looks up, binds and uploads afresh (a deploy may have happened meanwhile).
+        self._connecting = None
         self._bases.clear()
         self._functions.clear()
         self._pollers = Pollers()

@@ -26,6 +26,9 @@ class ModalVolume(Volume):
         )
 
     def ensure(self) -> None:
+        from redun_modal_executor.backends.modal.app import connect
+
+        connect()  # Within a bound: unreachable, the client alone would try for a minute.
         self._volume(create=True).hydrate()
 
     def reload(self) -> None:
