@@ -89,8 +89,9 @@ def timed_sleep(seconds: float) -> tuple[int, float, float]:
 
 
 @task
-def env_value(name: str) -> tuple[int, str | None]:
-    return os.getpid(), os.environ.get(name)
+def env_value(name: str) -> tuple[int, int, str | None]:
+    """The worker's pid, its parent's, and the variable ``name``."""
+    return os.getpid(), os.getppid(), os.environ.get(name)
 
 
 @task

@@ -126,18 +126,44 @@ def test_warm_worker_is_reused(pool):
     assert pids != {os.getpid()}
 
 
-def test_env_is_set_in_workers_kept_for_that_env(pool):
+def test_env_is_set_in_workers_kept_for_that_env(pool, monkeypatch):
+    monkeypatch.delenv("MODE", raising=False)
     one = pool(max_workers=1)
     seen = []
     for env in [(("MODE", "a"),), (("MODE", "a"),), (("MODE", "b"),), ()]:
         one.spawn("x", sample_tasks.env_value, "MODE", env=env)
         (result,) = one.results(1).values()
         seen.append(result.value)
-    assert [value for _, value in seen] == ["a", "a", "b", os.environ.get("MODE")]
-    pids = [pid for pid, _ in seen]
+    assert [value for _, _, value in seen] == ["a", "a", "b", None]
+    pids = [pid for pid, _, _ in seen]
     # The same env reuses its warm worker; another env gets a worker of its own, and with
     # max_workers = 1 the idle one of the other env is stopped to make room.
     assert pids[0] == pids[1] and len(set(pids[1:])) == 3
+    # All forked from one template, which never takes a call's env: the last worker, forked
+    # after those of "a" and "b", has neither.
+    (template,) = {parent for _, parent, _ in seen}
+    assert template != os.getpid()
+
+
+def test_calls_of_two_envs_at_once_each_run_in_a_worker_of_their_env(pool):
+    two = pool(max_workers=2)
+    for i in range(8):
+        mode = "ab"[i % 2]
+        two.spawn(f"{mode}{i}", sample_tasks.env_value, "MODE", env=(("MODE", mode),))
+    envs_by_worker: dict[int, set[str]] = {}
+    for name, result in two.results(8).items():
+        pid, _, value = result.value
+        assert value == name[0]
+        envs_by_worker.setdefault(pid, set()).add(value)
+    assert all(len(envs) == 1 for envs in envs_by_worker.values())  # None ran both.
+
+
+def test_a_big_env_reaches_its_worker_whole(pool):
+    value = "é" * 100_000 + ' "quoted", spaced\\'  # Several socket reads' worth.
+    one = pool(max_workers=1)
+    one.spawn("big", sample_tasks.env_value, "BIG", env=(("BIG", value), ("SMALL", "1")))
+    _, _, seen = one.results(1)["big"].value
+    assert seen == value
 
 
 def test_concurrency_is_limited_to_max_workers(pool):
