@@ -134,6 +134,26 @@ def median_of(repeat: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(repeat))
 
 
+OURS_LOCALLY = "ModalExecutor, local backend"
+PROCESS_MODE = "LocalExecutor, process mode"
+
+
+def against_local_executor(
+    workers: int, repeat: int, measure: Callable[[Contender], float]
+) -> dict[str, float]:
+    """The median of ``measure`` for ours on the local backend and for LocalExecutor's process
+    and thread modes, by label. They take turns: a change in load slows every contender."""
+    ours = Contender(
+        OURS_LOCALLY, {"type": "modal", "backend": "local", "max_workers": str(workers)}
+    )
+    contenders = (ours, local("process", workers), local("thread", workers))
+    walls: dict[str, list[float]] = {c.label: [] for c in contenders}
+    for _ in range(repeat):
+        for contender in contenders:
+            walls[contender.label].append(measure(contender))
+    return {label: statistics.median(values) for label, values in walls.items()}
+
+
 class SubmitCounter:
     """Counts (and times) the jobs a scheduler hands to its default executor."""
 
@@ -189,22 +209,15 @@ def time_fan_out(contender: Contender, jobs: int) -> float:
 
 def overhead(sizes: Sizes, workers: int) -> list[Row]:
     jobs = sizes.overhead_jobs
-    ours = Contender(
-        "ModalExecutor, local backend",
-        {"type": "modal", "backend": "local", "max_workers": str(workers)},
+    medians = against_local_executor(
+        workers, sizes.repeat, lambda contender: time_fan_out(contender, jobs)
     )
-    contenders = (ours, local("process", workers), local("thread", workers))
-    walls: dict[str, list[float]] = {c.label: [] for c in contenders}
-    for _ in range(sizes.repeat):  # Interleaved: a change in load slows every contender.
-        for contender in contenders:
-            walls[contender.label].append(time_fan_out(contender, jobs))
-    rows = [(label, statistics.median(values)) for label, values in walls.items()]
-    reference = dict(rows)["LocalExecutor, process mode"]
+    reference = medians[PROCESS_MODE]
     print(f"1. overhead: {jobs} trivial jobs + reduce, max_workers={workers} (interleaved)")
     print(f"   {'contender':36} {'wall s':>8} {'jobs/s':>8} {'vs process':>10}")
-    for label, seconds in rows:
+    for label, seconds in medians.items():
         print(f"   {label:36} {seconds:8.2f} {jobs / seconds:8.0f} {seconds / reference:9.2f}x")
-    seconds = dict(rows)[ours.label]
+    seconds = medians[OURS_LOCALLY]
     return [
         Row(
             "1. overhead (local backend)",
@@ -398,26 +411,26 @@ def cached_rerun(sizes: Sizes, tmp: Path, workers: int) -> list[Row]:
 # 5. Big values
 
 
-def big_value_run(contender: Contender, size: int, tmp: Path) -> dict[str, Any]:
-    """One run of `echo(size bytes)` in a fresh process; its wall time and peak RSS."""
-    db = tmp / f"{uuid.uuid4().hex}.db"
+def fresh_process_run(module: str, *args: str) -> dict[str, Any]:
+    """Run `python -m benchmarks.<module> args...`; the JSON report on its last line."""
     process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.big_values",
-            str(size),
-            str(db),
-            json.dumps(contender.executor_config),
-        ],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     if process.returncode != 0:
-        raise RuntimeError(f"big-value run failed:\n{process.stdout}\n{process.stderr}")
-    report: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{module} run failed:\n{process.stdout}\n{process.stderr}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def big_value_run(contender: Contender, size: int, tmp: Path) -> dict[str, Any]:
+    """One run of `echo(size bytes)` in a fresh process; its wall time and peak RSS."""
+    db = tmp / f"{uuid.uuid4().hex}.db"
+    report = fresh_process_run(
+        "big_values", str(size), str(db), json.dumps(contender.executor_config)
+    )
     db.unlink(missing_ok=True)
     return report
 
@@ -665,37 +678,16 @@ def many_in_flight(sizes: Sizes, tmp: Path) -> list[Row]:
 
 def fresh_fan_out(contender: Contender, jobs: int) -> float:
     """Wall time of `fan_out(jobs)` in a fresh process (see benchmarks/fresh_run.py)."""
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.fresh_run",
-            str(jobs),
-            json.dumps(contender.executor_config),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if process.returncode != 0:
-        raise RuntimeError(f"fresh run failed:\n{process.stdout}\n{process.stderr}")
-    return float(json.loads(process.stdout.strip().splitlines()[-1])["wall"])
+    report = fresh_process_run("fresh_run", str(jobs), json.dumps(contender.executor_config))
+    return float(report["wall"])
 
 
 def start_up(sizes: Sizes) -> list[Row]:
     jobs, workers = sizes.startup_jobs, sizes.startup_workers
-    ours = Contender(
-        "ModalExecutor, local backend",
-        {"type": "modal", "backend": "local", "max_workers": str(workers)},
+    medians = against_local_executor(
+        workers, sizes.repeat, lambda contender: fresh_fan_out(contender, jobs)
     )
-    contenders = (ours, local("process", workers), local("thread", workers))
-    walls: dict[str, list[float]] = {c.label: [] for c in contenders}
-    for _ in range(sizes.repeat):  # Interleaved: a change in load slows every contender.
-        for contender in contenders:
-            walls[contender.label].append(fresh_fan_out(contender, jobs))
-    medians = {label: statistics.median(values) for label, values in walls.items()}
-    reference = medians["LocalExecutor, process mode"]
+    reference = medians[PROCESS_MODE]
     print(
         f"7. start-up: {jobs} trivial jobs + reduce, max_workers={workers}, each run in a "
         "fresh process (nothing started before it)"
@@ -703,12 +695,12 @@ def start_up(sizes: Sizes) -> list[Row]:
     print(f"   {'contender':36} {'wall s':>8} {'vs process':>10}")
     for label, seconds in medians.items():
         print(f"   {label:36} {seconds:8.2f} {seconds / reference:9.2f}x")
-    ratio = medians[ours.label] / reference
+    ratio = medians[OURS_LOCALLY] / reference
     return [
         Row(
             "7. start-up (local backend)",
             f"wall s, {jobs} jobs, fresh process",
-            f"{medians[ours.label]:.2f}",
+            f"{medians[OURS_LOCALLY]:.2f}",
             f"{reference:.2f} (process)",
             f"{ratio:.2f}x",
             "<= 1.00x",
