@@ -2,10 +2,11 @@
 
 python -m benchmarks                 # full run (see docs/benchmarks.md)
 python -m benchmarks --quick         # seconds; what CI runs to keep this working
-python -m benchmarks --only 2,5      # some scenarios (1 to 6)
+python -m benchmarks --only 2,5      # some scenarios (1 to 7)
 
 The Modal scenarios (2 to 6) run ModalExecutor with the real `modal` client against the fake
 Modal control plane of tests/fake_modal, served from a child process (benchmarks/fake_server.py).
+Scenario 7 runs each contender's small fan-out in a fresh process (benchmarks/fresh_run.py).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Sizes:
     """How big and how often: the defaults are the full run's (see docs/benchmarks.md)."""
 
     repeat: int = 5
-    overhead_jobs: int = 1000
+    overhead_jobs: int = 400
     sleepers: int = 500
     sleep: float = 1.0
     latency: float = 0.1
@@ -69,6 +70,8 @@ class Sizes:
     in_flight_repeat: int = 1
     traced_in_flight: int = 500
     in_flight_probe: int = 1000
+    startup_jobs: int = 50
+    startup_workers: int = 4
 
 
 FULL = Sizes()
@@ -83,6 +86,7 @@ QUICK = Sizes(  # Seconds in all: enough to show every scenario still runs.
     in_flight=50,
     traced_in_flight=50,
     in_flight_probe=0,
+    startup_jobs=10,
 )
 
 
@@ -128,6 +132,26 @@ def file_db(directory: Path) -> str:
 
 def median_of(repeat: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(repeat))
+
+
+OURS_LOCALLY = "ModalExecutor, local backend"
+PROCESS_MODE = "LocalExecutor, process mode"
+
+
+def against_local_executor(
+    workers: int, repeat: int, measure: Callable[[Contender], float]
+) -> dict[str, float]:
+    """The median of ``measure`` for ours on the local backend and for LocalExecutor's process
+    and thread modes, by label. They take turns: a change in load slows every contender."""
+    ours = Contender(
+        OURS_LOCALLY, {"type": "modal", "backend": "local", "max_workers": str(workers)}
+    )
+    contenders = (ours, local("process", workers), local("thread", workers))
+    walls: dict[str, list[float]] = {c.label: [] for c in contenders}
+    for _ in range(repeat):
+        for contender in contenders:
+            walls[contender.label].append(measure(contender))
+    return {label: statistics.median(values) for label, values in walls.items()}
 
 
 class SubmitCounter:
@@ -185,20 +209,15 @@ def time_fan_out(contender: Contender, jobs: int) -> float:
 
 def overhead(sizes: Sizes, workers: int) -> list[Row]:
     jobs = sizes.overhead_jobs
-    ours = Contender(
-        "ModalExecutor, local backend",
-        {"type": "modal", "backend": "local", "max_workers": str(workers)},
+    medians = against_local_executor(
+        workers, sizes.repeat, lambda contender: time_fan_out(contender, jobs)
     )
-    contenders = (ours, local("process", workers), local("thread", workers))
-    rows = [
-        (c.label, median_of(sizes.repeat, lambda c=c: time_fan_out(c, jobs))) for c in contenders
-    ]
-    reference = dict(rows)["LocalExecutor, process mode"]
-    print(f"1. overhead: {jobs} trivial jobs + reduce, max_workers={workers}")
+    reference = medians[PROCESS_MODE]
+    print(f"1. overhead: {jobs} trivial jobs + reduce, max_workers={workers} (interleaved)")
     print(f"   {'contender':36} {'wall s':>8} {'jobs/s':>8} {'vs process':>10}")
-    for label, seconds in rows:
+    for label, seconds in medians.items():
         print(f"   {label:36} {seconds:8.2f} {jobs / seconds:8.0f} {seconds / reference:9.2f}x")
-    seconds = dict(rows)[ours.label]
+    seconds = medians[OURS_LOCALLY]
     return [
         Row(
             "1. overhead (local backend)",
@@ -206,6 +225,8 @@ def overhead(sizes: Sizes, workers: int) -> list[Row]:
             f"{seconds:.2f}",
             f"{reference:.2f} (process)",
             f"{seconds / reference:.2f}x",
+            "<= 1.10x",
+            seconds / reference <= 1.10,
         )
     ]
 
@@ -390,26 +411,26 @@ def cached_rerun(sizes: Sizes, tmp: Path, workers: int) -> list[Row]:
 # 5. Big values
 
 
-def big_value_run(contender: Contender, size: int, tmp: Path) -> dict[str, Any]:
-    """One run of `echo(size bytes)` in a fresh process; its wall time and peak RSS."""
-    db = tmp / f"{uuid.uuid4().hex}.db"
+def fresh_process_run(module: str, *args: str) -> dict[str, Any]:
+    """Run `python -m benchmarks.<module> args...`; the JSON report on its last line."""
     process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.big_values",
-            str(size),
-            str(db),
-            json.dumps(contender.executor_config),
-        ],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     if process.returncode != 0:
-        raise RuntimeError(f"big-value run failed:\n{process.stdout}\n{process.stderr}")
-    report: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{module} run failed:\n{process.stdout}\n{process.stderr}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def big_value_run(contender: Contender, size: int, tmp: Path) -> dict[str, Any]:
+    """One run of `echo(size bytes)` in a fresh process; its wall time and peak RSS."""
+    db = tmp / f"{uuid.uuid4().hex}.db"
+    report = fresh_process_run(
+        "big_values", str(size), str(db), json.dumps(contender.executor_config)
+    )
     db.unlink(missing_ok=True)
     return report
 
@@ -652,6 +673,43 @@ def many_in_flight(sizes: Sizes, tmp: Path) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------------------------
+# 7. Start-up (local backend): a small run in a fresh process
+
+
+def fresh_fan_out(contender: Contender, jobs: int) -> float:
+    """Wall time of `fan_out(jobs)` in a fresh process (see benchmarks/fresh_run.py)."""
+    report = fresh_process_run("fresh_run", str(jobs), json.dumps(contender.executor_config))
+    return float(report["wall"])
+
+
+def start_up(sizes: Sizes) -> list[Row]:
+    jobs, workers = sizes.startup_jobs, sizes.startup_workers
+    medians = against_local_executor(
+        workers, sizes.repeat, lambda contender: fresh_fan_out(contender, jobs)
+    )
+    reference = medians[PROCESS_MODE]
+    print(
+        f"7. start-up: {jobs} trivial jobs + reduce, max_workers={workers}, each run in a "
+        "fresh process (nothing started before it)"
+    )
+    print(f"   {'contender':36} {'wall s':>8} {'vs process':>10}")
+    for label, seconds in medians.items():
+        print(f"   {label:36} {seconds:8.2f} {seconds / reference:9.2f}x")
+    ratio = medians[OURS_LOCALLY] / reference
+    return [
+        Row(
+            "7. start-up (local backend)",
+            f"wall s, {jobs} jobs, fresh process",
+            f"{medians[OURS_LOCALLY]:.2f}",
+            f"{reference:.2f} (process)",
+            f"{ratio:.2f}x",
+            "<= 1.00x",
+            ratio <= 1.00,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def time_registration_hook() -> float:
@@ -704,12 +762,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
     parser.add_argument("--repeat", type=int, help="repetitions (default 5; big ones 3)")
-    parser.add_argument("--only", help="comma-separated scenario numbers (1 to 6)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1 to 7)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.repeat:
         sizes = dataclasses.replace(sizes, repeat=args.repeat)
-    only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 7))
+    only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 8))
     workers = os.cpu_count() or 1
 
     print(machine())
@@ -724,6 +782,7 @@ def main() -> None:
         ({4}, lambda tmp: cached_rerun(sizes, tmp, workers)),
         ({5}, lambda tmp: big_values(sizes, tmp)),
         ({6}, lambda tmp: many_in_flight(sizes, tmp)),
+        ({7}, lambda tmp: start_up(sizes)),
     ]
     with scratch() as tmp:
         for numbers, scenario in scenarios:

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from redun_modal_executor.backends.base import Backend, BackendRef, DetachedState, Volume
-from redun_modal_executor.backends.local.pool import WORKER_MODULE, WorkerPool, worker_environment
+from redun_modal_executor.backends.local.pool import WorkerPool, worker_environment
 from redun_modal_executor.backends.local.storage import DirectoryVolume, FileLock
+from redun_modal_executor.backends.local.template import WORKER_MODULE
 from redun_modal_executor.calls import Call
 from redun_modal_executor.config import CallOptions, ExecutorConfig, redun_config_dir
 from redun_modal_executor.errors import LaunchError
