@@ -1,4 +1,5 @@
-"""``Call``: one job's call through a backend, as a handle with a small state machine.
+"""``Call``: one job's call through a backend, as a handle with a small state machine; and
+``Burst``, the calls submitted together.
 
 ::
 
@@ -154,3 +155,50 @@ class Reports:
     def _handle(self) -> None:
         while (report := self._queue.get()) is not None:
             report()
+
+
+# Calls a burst holds at most before it is handed over: a request's worth (512 is Modal's
+# most) would hold the first job of a big fan-out back while redun prepares the rest.
+BURST_LIMIT = 128
+
+
+class Burst:
+    """The calls the scheduler submits in one burst, handed to a backend together.
+
+    redun queues each ready job's execution as an event of its own, so a fan-out is a run of
+    events queued at once. The first call held queues one more event behind them, which
+    hands the burst over (``send``); so does reaching ``BURST_LIMIT`` calls. No timer: a
+    lone job goes out as soon as the events queued before it are handled.
+    """
+
+    def __init__(
+        self,
+        post: Callable[[Callable[[], None]], None],
+        send: Callable[[list[Call]], None],
+    ) -> None:
+        self._post = post  # Queues an event on the scheduler's thread.
+        self._send = send
+        self._held: list[Call] = []
+        self._lock = threading.Lock()
+
+    def add(self, call: Call) -> None:
+        with self._lock:
+            self._held.append(call)
+            first, full = len(self._held) == 1, len(self._held) >= BURST_LIMIT
+        if full:
+            self.flush()
+        elif first:
+            self._post(self.flush)
+
+    def flush(self) -> None:
+        """Hand over the calls held (if any)."""
+        with self._lock:
+            calls, self._held = self._held, []
+        if calls:
+            self._send(calls)
+
+    def drop(self) -> list[Call]:
+        """The calls held, never to be handed over (the run stops)."""
+        with self._lock:
+            calls, self._held = self._held, []
+        return calls

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,7 @@ from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
 from redun_modal_executor.backends import Backend, create_backend
-from redun_modal_executor.calls import Call, CallAddress, Reports
+from redun_modal_executor.calls import Burst, Call, CallAddress, Reports
 from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
     CallOptions,
@@ -23,6 +22,7 @@ from redun_modal_executor.config import (
 from redun_modal_executor.errors import (
     JOB_ERRORS,
     AppNotDeployedError,
+    CallCancelledError,
     CodePackageError,
     DatabaseBusyError,
     ModalAuthError,
@@ -50,6 +50,7 @@ from redun_modal_executor.payload import (
     decode_result,
     encode_call,
 )
+from redun_modal_executor.progress import Progress
 from redun_modal_executor.tags import address_tags, where_tags
 
 if TYPE_CHECKING:
@@ -68,33 +69,6 @@ class _Job:
     # Not written yet: they go with the call id once spawned (one transaction per job), or with
     # the outcome if the job ends first.
     tags: list[tuple[str, Any]]
-
-
-class _Progress:
-    """Counts finished calls; says so in the log at most every ``interval`` seconds."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.done = self.failed = 0
-        self._last = time.monotonic()
-
-    def count(self, failed: bool, in_flight: int) -> str | None:
-        self.failed += failed
-        self.done += not failed
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            return None
-        self._last = now
-        return f"{in_flight} job(s) in flight, {self.done} done, {self.failed} failed"
-
-    def finish(self) -> str | None:
-        """Reset for the next run; the summary of this one, if it ran anything."""
-        summary = None
-        if self.done or self.failed:
-            summary = f"{self.done} done, {self.failed} failed"
-        self.done = self.failed = 0
-        self._last = time.monotonic()
-        return summary
 
 
 @register_executor("modal")
@@ -121,9 +95,10 @@ class ModalExecutor(Executor):
         self._code_error: str | None = None
         self._inflight: InflightCalls | None = None
         self._tagging = False  # Whether jobs get tags (``job_tags``), once the backend is up.
+        self._burst: Burst | None = None  # Calls held for a backend that batches.
         self._jobs: dict[Call, _Job] = {}  # Calls in flight, and their jobs.
         self._reports = Reports()
-        self._progress = _Progress(self.config.progress_interval)
+        self._progress = Progress(self.config.progress_interval)
 
     def supports_async(self) -> bool:
         return True
@@ -148,6 +123,9 @@ class ModalExecutor(Executor):
         with self._lock:
             backend, self._backend, self._code = self._backend, None, None
             inflight, self._inflight = self._inflight, None
+            burst, self._burst = self._burst, None
+        for call in burst.drop() if burst is not None else []:
+            call.finish(CallCancelledError(f"{call.label}: cancelled before it ran"))
         if backend is not None:
             cancelled = backend.stop()
             if cancelled:
@@ -248,7 +226,15 @@ class ModalExecutor(Executor):
             if self._backend is not backend:
                 return
             self._jobs[call] = entry
-            backend.spawn(call)
+            if self._burst is None:
+                backend.spawn([call])
+            else:
+                self._burst.add(call)
+
+    def _spawn_burst(self, backend: Backend, calls: list[Call]) -> None:
+        with self._lock:
+            if self._backend is backend:  # Else stop() has cancelled them.
+                backend.spawn(calls)
 
     def _ready_backend(self) -> tuple[Backend, CodeReference | None]:
         """The backend, started on first use, with the code package shipped if it needs one."""
@@ -259,6 +245,7 @@ class ModalExecutor(Executor):
                 if self._tagging is None:  # Tags lead somewhere where jobs run elsewhere.
                     self._tagging = self._backend.remote
                 self._inflight = self._open_inflight_calls(self._backend)
+                self._burst = self._new_burst(self._backend)
                 self._code, self._code_error = None, None
                 if self._backend.ships_code and self.config.ship_code:
                     try:
@@ -268,6 +255,13 @@ class ModalExecutor(Executor):
             if self._code_error is not None:
                 raise CodePackageError(self._code_error)
             return self._backend, self._code
+
+    def _new_burst(self, backend: Backend) -> Burst | None:
+        """Where a backend that batches takes its calls, a burst at a time."""
+        scheduler = self._scheduler
+        if not (backend.batches and scheduler and scheduler.is_running):
+            return None
+        return Burst(scheduler.events_queue.put, lambda calls: self._spawn_burst(backend, calls))
 
     def _checked(
         self, backend: Backend, launch: LaunchSpec, encode: Callable[[], bytes]

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from redun_modal_executor.backends.base import Backend, BackendRef, DetachedState, Volume
@@ -61,8 +61,9 @@ class LocalBackend(Backend):
             max_workers=config.max_workers,
         )
 
-    def spawn(self, call: Call) -> None:
-        self._pool.submit(call)
+    def spawn(self, calls: Sequence[Call]) -> None:
+        for call in calls:
+            self._pool.submit(call)
 
     def spawn_detached(self, call: Call) -> str:
         """A worker process of its own, in its own session, that outlives this one."""

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from redun_modal_executor.backends.base import Backend, BackendRef, DetachedState, Volume
@@ -40,6 +40,7 @@ class ModalBackend(Backend):
     reattaches = True
     deploys = True
     remote = True
+    batches = True
 
     def __init__(self, ref: BackendRef) -> None:
         super().__init__(ref)
@@ -49,8 +50,8 @@ class ModalBackend(Backend):
     def ref_for(cls, config: ExecutorConfig) -> BackendRef:
         return BackendRef(config.backend, config.app_name, config.environment)
 
-    def spawn(self, call: Call) -> None:
-        self._calls.spawn(call)
+    def spawn(self, calls: Sequence[Call]) -> None:
+        self._calls.spawn(calls)
 
     def spawn_detached(self, call: Call) -> str:
         return self._calls.spawn_detached(call)

@@ -19,7 +19,7 @@ import asyncio
 import functools
 import math
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -108,8 +108,8 @@ class ModalCalls:
 
     # Called from any thread.
 
-    def spawn(self, call: Call) -> None:
-        self._running_loop().call_soon_threadsafe(self._start, call)
+    def spawn(self, calls: Sequence[Call]) -> None:
+        self._running_loop().call_soon_threadsafe(self._start_all, list(calls))
 
     def spawn_detached(self, call: Call) -> str:
         coroutine = self._spawn_detached(call)
@@ -133,6 +133,10 @@ class ModalCalls:
             return self._loop
 
     # On the loop thread.
+
+    def _start_all(self, calls: list[Call]) -> None:
+        for call in calls:
+            self._start(call)
 
     def _start(self, call: Call) -> None:
         if call.reattach_to is None:
