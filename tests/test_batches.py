@@ -13,8 +13,6 @@ import sqlalchemy as sa
 from helpers import APP, MODAL_CONFIG, TARGET, call_tags, final_line, inflight_rows, ran, wait_for
 from redun.backends.db import Job, Task
 
-from redun_modal_executor.calls import CallAddress
-
 pytestmark = pytest.mark.e2e
 
 # The workflows' main tasks run in redun's own executor (`here`): the fan-out is the first
@@ -199,10 +197,3 @@ def test_a_crashed_input_shows_its_own_logs_not_its_batchs(batch_project, fake_m
     logs = output.split("Latest logs:", 1)[1]
     assert "loading shard 7" in logs
     assert "nap 1" not in logs and "nap 2" not in logs
-
-
-def test_call_addresses_round_trip_through_the_ledger_form():
-    assert CallAddress.parse("fc-abc:12") == CallAddress("fc-abc", 12)
-    assert CallAddress.parse("fc-abc") == CallAddress("fc-abc")
-    assert str(CallAddress("fc-abc", 0)) == "fc-abc:0"
-    assert CallAddress("fc-abc", 3).words() == "fc-abc input 3"
