@@ -412,12 +412,14 @@ def live_executions(app: LiveApp, run: str) -> Counter[str]:
     return counts
 
 
-def call_outcome(call_id: str) -> str:
-    """What Modal says of a call now: "running", "returned", or "raised <exception type>"."""
+def call_outcome(address: str) -> str:
+    """What Modal says of a call (or an input of one: ``call_tags``' form) now: "running",
+    "returned", or "raised <exception type>"."""
     import modal
 
+    where = CallAddress.parse(address)
     try:
-        modal.FunctionCall.from_id(call_id).get(timeout=0)
+        modal.FunctionCall.from_id(where.call_id).get(timeout=0, index=where.index or 0)
     except TimeoutError:
         return "running"
     except Exception as error:
@@ -425,11 +427,14 @@ def call_outcome(call_id: str) -> str:
     return "returned"
 
 
-def call_log(call_id: str, entries: int = 100) -> str:
-    """The last `entries` entries of a call's Modal log, as one text."""
+def call_log(address: str, entries: int = 100) -> str:
+    """The last `entries` entries of a call's Modal log (of its batch, for an input of one:
+    ``call_tags``' form), as one text."""
     import modal
 
-    tail = modal.FunctionCall.from_id(call_id).logs.tail(entries=entries)
+    tail = modal.FunctionCall.from_id(CallAddress.parse(address).call_id).logs.tail(
+        entries=entries
+    )
     return "".join(entry.message for entry in tail)
 
 
