@@ -285,7 +285,9 @@ class ModalExecutor(Executor):
         """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
         tags = backend.job_tags()
         for name, value in options.set_options().items():
-            if name in ("volumes", "env"):
+            if name == "volumes":
+                value = {path: mount.shown() for path, mount in value}
+            elif name == "env":
                 value = dict(value)
             elif isinstance(value, tuple):
                 value = list(value)

@@ -24,7 +24,13 @@ from redun_modal_executor.backends.base import Backend, BackendRef, DetachedStat
 from redun_modal_executor.backends.local.pool import WORKER_MODULE, WorkerPool, worker_environment
 from redun_modal_executor.backends.local.storage import DirectoryVolume, FileLock
 from redun_modal_executor.calls import Call
-from redun_modal_executor.config import CallOptions, ExecutorConfig, redun_config_dir
+from redun_modal_executor.config import (
+    BucketMount,
+    CallOptions,
+    ExecutorConfig,
+    TaskOptionError,
+    redun_config_dir,
+)
 from redun_modal_executor.errors import LaunchError
 from redun_modal_executor.launch.lock import DatabaseLock
 
@@ -61,10 +67,17 @@ class LocalBackend(Backend):
         )
 
     def spawn(self, call: Call) -> None:
+        refused = _bucket_refused(call)
+        if refused is not None:
+            call.finish(refused)
+            return
         self._pool.submit(call)
 
     def spawn_detached(self, call: Call) -> str:
         """A worker process of its own, in its own session, that outlives this one."""
+        refused = _bucket_refused(call)
+        if refused is not None:
+            raise refused
         call_id = CALL_ID_PREFIX + uuid.uuid4().hex[:24]
         call_dir = self.root / "calls" / call_id
         call_dir.mkdir(parents=True)
@@ -120,6 +133,20 @@ class LocalBackend(Backend):
         if not call_dir.is_dir():
             raise LaunchError(f"no local launch {call_id} under {call_dir.parent}")
         return call_dir
+
+
+def _bucket_refused(call: Call) -> TaskOptionError | None:
+    """Why a call that mounts a cloud bucket cannot run here: nothing is mounted for local
+    workers (a Volume's mount path is this machine's own path), and a bucket's keys cannot
+    appear at one, so the task would read an empty or unrelated directory."""
+    for path, mount in call.options.volumes:
+        if isinstance(mount, BucketMount):
+            return TaskOptionError(
+                f"{call.label}: mounts the bucket {mount.bucket!r} at {path}, and the local "
+                "backend mounts nothing (its workers see this machine's paths). Read the "
+                "bucket through redun Files (File('s3://...')), or run the task on Modal."
+            )
+    return None
 
 
 def _process_alive(pid_file: Path) -> bool:
