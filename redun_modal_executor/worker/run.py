@@ -19,6 +19,7 @@ import redun.executors.base
 
 from redun_modal_executor._registration import register
 from redun_modal_executor.errors import WorkerStopped, as_exception
+from redun_modal_executor.files.call_volumes import in_call
 from redun_modal_executor.payload import (
     CallKind,
     DecodedCall,
@@ -58,6 +59,11 @@ def run_call(payload: bytes) -> bytes:
 def _execute(call: DecodedCall) -> Any:
     code.activate(call.header.code)
     function, args, kwargs = call.load()
+    with in_call(call.header.task, call.header.volumes):  # commits what the task wrote
+        return _run(call, function, args, kwargs)
+
+
+def _run(call: DecodedCall, function: Any, args: tuple, kwargs: dict) -> Any:
     if call.header.kind == CallKind.SCRIPT.value:
         from redun.scripting import exec_script, prepare_command
 

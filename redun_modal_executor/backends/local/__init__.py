@@ -32,6 +32,7 @@ from redun_modal_executor.config import (
     redun_config_dir,
 )
 from redun_modal_executor.errors import LaunchError
+from redun_modal_executor.files.stores import DirectoryStore, VolumeStore
 from redun_modal_executor.launch.lock import DatabaseLock
 
 CALL_ID_PREFIX = "lc-"
@@ -117,7 +118,13 @@ class LocalBackend(Backend):
 
     def volume(self, name: str, mount: str) -> Volume:
         # Not mounted anywhere: every process here sees the directory itself.
-        return DirectoryVolume(name, str(self.root / "volumes" / name))
+        return DirectoryVolume(name, str(_volume_dir(self.root, name)))
+
+    @classmethod
+    def volume_store(cls, ref: BackendRef) -> VolumeStore:
+        assert ref.local_dir is not None
+        root = Path(ref.local_dir)
+        return DirectoryStore(lambda name: _volume_dir(root, name))
 
     def database_lock(self, volume: Volume, file: str) -> DatabaseLock:
         return FileLock(Path(volume.path) / (file + ".lock"), f"{file} on volume {volume.name}")
@@ -133,6 +140,10 @@ class LocalBackend(Backend):
         if not call_dir.is_dir():
             raise LaunchError(f"no local launch {call_id} under {call_dir.parent}")
         return call_dir
+
+
+def _volume_dir(root: Path, name: str) -> Path:
+    return root / "volumes" / name
 
 
 def _bucket_refused(call: Call) -> TaskOptionError | None:
