@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from helpers import APP, MODAL_CONFIG, final_line, ran
@@ -134,3 +135,29 @@ def test_writing_a_volume_mounted_read_only_fails_the_task(volume_project, tmp_p
     assert "Task main: cannot write modalvol://data/x.txt" in output
     assert f"mounted read-only at {tmp_path / 'ref'}" in output
 
+
+def test_the_volume_tables_example_runs_on_modal_and_is_cached(volume_project, fake_modal):
+    example = Path(__file__).parents[1] / "examples" / "volume_tables.py"
+    volume_project.write("volume_tables.py", example.read_text())
+    mounts = volume_project.root / "mounts"
+    volume_project.configure(
+        MODAL_CONFIG
+        + f"volume_files_mount = {mounts}\n\n[executors.modal]\ntype = modal\n"
+        + f"volume_files_mount = {mounts}\n"
+    )
+    fake_modal.register_volume("redun-examples")
+    command = ("run", "volume_tables.py", "main", "--shards", "3", "--rows", "30")
+    first = volume_project.redun(*command).stdout
+    assert final_line(first) == "{'g0': 14.5, 'g1': 14.5, 'g2': 14.5}"
+    tables = fake_modal.volume_dir("redun-examples") / "tables"
+    assert sorted(path.name for path in tables.iterdir()) == [
+        "shard-0.parquet",
+        "shard-1.parquet",
+        "shard-2.parquet",
+        "summary.parquet",  # written through aggregate's mount, and committed
+    ]
+    executions = fake_modal.executions[f"{APP}/run_job"]
+    assert executions == 6  # main, 3 shards, aggregate, report
+    again = volume_project.redun(*command).stdout
+    assert final_line(again) == final_line(first)
+    assert fake_modal.executions[f"{APP}/run_job"] == executions
