@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -126,12 +127,12 @@ class CallVolumes(VolumeStore):
         return self._mounted
 
 
-# The call this process runs, if any (a worker runs one call at a time).
-_current: CallVolumes | None = None
+# The call this thread runs, if any (a worker may run calls in several threads).
+_current: ContextVar[CallVolumes | None] = ContextVar("redun_modal_call_volumes", default=None)
 
 
 def current_call() -> CallVolumes | None:
-    return _current
+    return _current.get()
 
 
 @contextmanager
@@ -139,17 +140,17 @@ def in_call(task: str, access: VolumeAccess | None) -> Iterator[None]:
     """Serve ``modalvol://`` Files as the call ``access`` describes while the task runs, and
     commit what it wrote once it returned. Listings kept by an earlier call in this process
     are dropped: other containers may have written since."""
-    global _current
     if access is None:
         yield
         return
     forget_listings()
-    _current = CallVolumes(task, access)
+    call = CallVolumes(task, access)
+    token = _current.set(call)
     try:
         yield
-        _current.commit()
+        call.commit()
     finally:
-        _current = None
+        _current.reset(token)
 
 
 def call_access(
