@@ -179,3 +179,39 @@ def test_the_filesystem_is_registered_with_redun():
 
     assert get_filesystem_class(url="modalvol://v/x") is ModalVolumeFileSystem
     assert isinstance(File("modalvol://v/x").filesystem, ModalVolumeFileSystem)
+
+
+def test_a_job_s_file_arguments_mount_their_volumes_where_the_backend_mounts():
+    from redun.file import StagingFile
+
+    from redun_modal_executor.backends.local import LocalBackend
+    from redun_modal_executor.backends.modal import ModalBackend
+    from redun_modal_executor.config import CallOptions, VolumeMount
+    from redun_modal_executor.files.call_volumes import call_access
+
+    args = (
+        [File("modalvol://tables/a.parquet"), {"ref": Dir("modalvol://genomes/hg38")}],
+        StagingFile("local.txt", "modalvol://staged/x.txt"),
+        File("/tmp/local.txt"),
+        File("modalvol://../bad"),  # names no Volume: its task fails on it, naming it
+    )
+    options = CallOptions(volumes=(("/g", VolumeMount("genomes", read_only=True)),))
+    modal_backend = ModalBackend(BackendRef("modal", "app", "dev"))
+    mounted, access = call_access(options, [args, {}], modal_backend, None, "/modalvol")
+    assert mounted.volumes == (
+        ("/g", VolumeMount("genomes", read_only=True)),
+        ("/modalvol/staged", VolumeMount("staged")),
+        ("/modalvol/tables", VolumeMount("tables")),
+    )
+    assert access.mounts == (
+        ("genomes", "/g", True),
+        ("staged", "/modalvol/staged", False),
+        ("tables", "/modalvol/tables", False),
+    )
+    assert access.store == access.backend == modal_backend.ref
+    # The local backend mounts nothing: the options stay, and Volumes are the scheduler's.
+    local = LocalBackend(BackendRef("local", "app", local_dir="/tmp/x", max_workers=1))
+    scheduler_volumes = BackendRef("modal", "app", "dev")
+    same, local_access = call_access(options, [args, {}], local, scheduler_volumes, "/modalvol")
+    assert same == options and local_access.store == scheduler_volumes
+    assert local_access.mounts == (("genomes", "/g", True),)
