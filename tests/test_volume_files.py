@@ -162,10 +162,11 @@ def test_a_section_on_modal_wins_and_two_environments_are_an_error(tmp_path):
 def test_a_call_cannot_write_a_volume_it_mounts_read_only(tmp_path):
     ref = BackendRef("local", "app", local_dir=str(tmp_path))
     access = VolumeAccess(ref, ref, (("ref", "/ref", True), ("out", "/out", False)))
-    with in_call("wf.copy_genome", access):
+    with in_call("wf.copy_genome", access) as volumes:
         with pytest.raises(VolumeFileError) as raised:
             File("modalvol://ref/genome.fa").write("ACGT")
         File("modalvol://out/genome.fa").write("ACGT")
+        assert volumes is not None and volumes.written == set()  # nothing mounted locally
     message = str(raised.value)
     assert message.startswith("Task wf.copy_genome: cannot write modalvol://ref/genome.fa")
     assert "mounted read-only at /ref" in message

@@ -161,3 +161,35 @@ def test_the_volume_tables_example_runs_on_modal_and_is_cached(volume_project, f
     again = volume_project.redun(*command).stdout
     assert final_line(again) == final_line(first)
     assert fake_modal.executions[f"{APP}/run_job"] == executions
+
+
+def test_a_script_stages_volume_files_in_and_out(project):
+    project.write(
+        "wf.py",
+        """\
+        from redun import File, script, task
+
+        @task
+        def seed() -> File:
+            source = File("modalvol://data/in.txt")
+            source.write("staged in\\n")
+            return source
+
+        @task
+        def shout(source: File) -> File:
+            return script(
+                "tr a-z A-Z < in.txt > out.txt",
+                inputs=[source.stage("in.txt")],
+                outputs=File("modalvol://data/out.txt").stage("out.txt"),
+                tempdir=True,
+            )
+
+        @task
+        def main() -> str:
+            return shout(seed())
+        """,
+    )
+    output = project.redun("run", "wf.py", "main").stdout
+    assert "modalvol://data/out.txt" in final_line(output)
+    volume = project.root / ".redun" / "modal-local" / "volumes" / "data"
+    assert (volume / "out.txt").read_text() == "STAGED IN\n"

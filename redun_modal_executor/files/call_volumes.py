@@ -11,6 +11,8 @@ the File and the task.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -127,6 +129,7 @@ class CallVolumes(VolumeStore):
         return self._mounted
 
 
+STORE_ENV = "REDUN_MODAL_VOLUME_STORE"
 # The call this thread runs, if any (a worker may run calls in several threads).
 _current: ContextVar[CallVolumes | None] = ContextVar("redun_modal_call_volumes", default=None)
 
@@ -136,21 +139,34 @@ def current_call() -> CallVolumes | None:
 
 
 @contextmanager
-def in_call(task: str, access: VolumeAccess | None) -> Iterator[None]:
-    """Serve ``modalvol://`` Files as the call ``access`` describes while the task runs, and
-    commit what it wrote once it returned. Listings kept by an earlier call in this process
-    are dropped: other containers may have written since."""
+def in_call(task: str, access: VolumeAccess | None) -> Iterator[CallVolumes | None]:
+    """Serve ``modalvol://`` Files as the call ``access`` describes, in this thread and in the
+    processes it starts, until the context ends; the caller commits once the task returned.
+    Listings kept by an earlier call in this process are dropped: other containers may have
+    written since."""
     if access is None:
-        yield
+        yield None
         return
     forget_listings()
     call = CallVolumes(task, access)
     token = _current.set(call)
+    # For the task's own processes (a script's `redun fs cp`): where Volumes are, unmounted.
+    saved = os.environ.get(STORE_ENV)
+    os.environ[STORE_ENV] = json.dumps(access.store.to_json())
     try:
-        yield
-        call.commit()
+        yield call
     finally:
         _current.reset(token)
+        if saved is None:
+            os.environ.pop(STORE_ENV, None)
+        else:
+            os.environ[STORE_ENV] = saved
+
+
+def store_of_parent() -> BackendRef | None:
+    """The backend whose Volumes the call that started this process reaches, if any."""
+    found = os.environ.get(STORE_ENV)
+    return BackendRef.from_json(json.loads(found)) if found else None
 
 
 def call_access(

@@ -7,6 +7,8 @@ Which Volumes a URL means depends on where the process is:
 * in a scheduler (``redun run``, or a launched one), the backend of its ``modal`` executor
   sections (``binding``): the local backend's volume directories, or Modal's Volume API in
   the section's ``environment``;
+* in a process a call started (a script's ``redun fs cp``), the backend the call reaches
+  unmounted Volumes through (``call_volumes.STORE_ENV``);
 * anywhere else, Modal's Volume API in the profile's environment.
 
 A File's hash is made of its URL, its size and its modification time in whole seconds, as the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -79,6 +82,20 @@ class ModalVolumeFileSystem(FileSystem):
             store.copy(source, _located(dest_path)[1])
         else:  # To or from another file system: through a stream.
             super().copy(src_path, dest_path)
+
+    def shell_copy(
+        self,
+        src_path: str | None,
+        dest_path: str | None,
+        recursive: bool = False,
+        as_mount: bool = False,
+    ) -> str:
+        """A ``redun fs cp`` command (``-`` for standard input or output): the copy runs
+        through this file system in the command's process, which reaches the Volumes as the
+        call that runs it does (unmounted). Staged Dirs are not supported."""
+        if recursive:
+            raise ValueError(f"{src_path or dest_path}: a modalvol:// Dir cannot be staged")
+        return f"redun fs cp {shlex.quote(src_path or '-')} {shlex.quote(dest_path or '-')}"
 
     def glob(self, pattern: str) -> list[str]:
         """The files and directories matching ``pattern`` (``*``, ``?``, ``[...]``; ``**`` for
@@ -154,12 +171,11 @@ def _segment_regex(segment: str) -> str:
 
 
 def _located(url: str) -> tuple[VolumeStore, VolumePath]:
-    """Where ``url`` is, and the store that reaches it for this process now: the call's, in
-    a worker; the scheduler's sections' backend (``binding``); else Modal's API, in the
-    profile's environment."""
+    """Where ``url`` is, and the store that reaches it for this process now (see the
+    module's doc)."""
     from redun_modal_executor.backends.base import BackendRef
     from redun_modal_executor.config.settings import DEFAULT_APP_NAME
-    from redun_modal_executor.files.call_volumes import current_call
+    from redun_modal_executor.files.call_volumes import current_call, store_of_parent
     from redun_modal_executor.files.paths import parse
     from redun_modal_executor.files.stores import store_for
 
@@ -167,7 +183,8 @@ def _located(url: str) -> tuple[VolumeStore, VolumePath]:
     call = current_call()
     if call is not None:
         return call, where
-    return store_for(_scheduler_backend() or BackendRef("modal", DEFAULT_APP_NAME)), where
+    backend = _scheduler_backend() or store_of_parent() or BackendRef("modal", DEFAULT_APP_NAME)
+    return store_for(backend), where
 
 
 def _scheduler_backend() -> BackendRef | None:

@@ -12,7 +12,7 @@ import inspect
 import sys
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, TextIO
 
 import redun.executors.base
@@ -42,28 +42,29 @@ def run_call(payload: bytes) -> bytes:
     task_name = "<unknown task>"
     value: Any = None
     error: BaseException | None = None
-    with capture_output_tail() as tail:
-        try:
-            call = decode_call(payload)
-            task_name = call.header.task
-            value = _execute(call)
-        except WorkerStopped:
-            raise  # Not the task's outcome: the worker is stopping.
-        except BaseException as caught:  # sys.exit() in a task fails the job, not the worker.
-            error = as_exception(caught, task_name)
-    if error is not None:
-        return encode_failure(error, list(tail))
-    return encode_success(value, task_name, list(tail))
+    # The call's Volumes serve its modalvol:// Files until the result is encoded, which
+    # hashes the Files in it.
+    with ExitStack() as volumes_in_use:
+        with capture_output_tail() as tail:
+            try:
+                call = decode_call(payload)
+                task_name = call.header.task
+                volumes = volumes_in_use.enter_context(in_call(task_name, call.header.volumes))
+                value = _execute(call)
+                if volumes is not None:
+                    volumes.commit()  # What the task wrote, for the next containers.
+            except WorkerStopped:
+                raise  # Not the task's outcome: the worker is stopping.
+            except BaseException as caught:  # sys.exit() in a task fails the job, not the worker.
+                error = as_exception(caught, task_name)
+        if error is not None:
+            return encode_failure(error, list(tail))
+        return encode_success(value, task_name, list(tail))
 
 
 def _execute(call: DecodedCall) -> Any:
     code.activate(call.header.code)
     function, args, kwargs = call.load()
-    with in_call(call.header.task, call.header.volumes):  # commits what the task wrote
-        return _run(call, function, args, kwargs)
-
-
-def _run(call: DecodedCall, function: Any, args: tuple, kwargs: dict) -> Any:
     if call.header.kind == CallKind.SCRIPT.value:
         from redun.scripting import exec_script, prepare_command
 
