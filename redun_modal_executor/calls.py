@@ -1,4 +1,5 @@
-"""``Call``: one job's call through a backend, as a handle with a small state machine.
+"""``Call``: one job's call through a backend, as a handle with a small state machine; and
+``Burst``, the calls submitted together.
 
 ::
 
@@ -18,15 +19,38 @@ import enum
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redun_modal_executor.config import CallOptions
 
 Outcome = bytes | BaseException
 
 
+@dataclass(frozen=True)
+class CallAddress:
+    """Where a call runs: the backend's call id and, for an input of a batch (one Modal
+    call with many inputs), the input's index in it."""
+
+    call_id: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.call_id if self.index is None else f"{self.call_id}:{self.index}"
+
+    def words(self) -> str:
+        """The address, for messages."""
+        return self.call_id if self.index is None else f"{self.call_id} input {self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> CallAddress:
+        """The address ``str()`` wrote."""
+        call_id, colon, index = text.partition(":")
+        return cls(call_id, int(index) if colon else None)
+
+
 class CallState(enum.Enum):
     PENDING = "pending"  # Not spawned yet (queued, or being spawned).
-    RUNNING = "running"  # Spawned: ``call_id`` names it where it runs.
+    RUNNING = "running"  # Spawned: ``address`` says where it runs.
     FINISHED = "finished"  # ``outcome`` is set; nothing changes any more.
 
 
@@ -39,7 +63,7 @@ class Call:
         options: CallOptions,
         encode: Callable[[], bytes],
         payload: bytes | None = None,
-        reattach_to: str | None = None,
+        reattach_to: CallAddress | None = None,
         on_spawned: Callable[[Call], None] | None = None,
         on_done: Callable[[Call], None] | None = None,
     ) -> None:
@@ -49,7 +73,7 @@ class Call:
         # and a fresh call is made only if it cannot be had.
         self.reattach_to = reattach_to
         self.state = CallState.PENDING
-        self.call_id: str | None = None
+        self.address: CallAddress | None = None
         self.outcome: Outcome | None = None
         self._encode = encode
         self._payload = payload
@@ -72,20 +96,20 @@ class Call:
         payload = self.take_held()
         return payload if payload is not None else self.encode()
 
-    def spawned(self, call_id: str) -> None:
+    def spawned(self, address: CallAddress) -> None:
         """The backend spawned a new call for this handle."""
-        if self._run(call_id) and self._on_spawned is not None:
+        if self._run(address) and self._on_spawned is not None:
             self._on_spawned(self)
 
-    def reattached(self, call_id: str) -> None:
+    def reattached(self, address: CallAddress) -> None:
         """The backend awaits the call ``reattach_to`` names (nothing new was spawned)."""
-        self._run(call_id)
+        self._run(address)
 
-    def _run(self, call_id: str) -> bool:
+    def _run(self, address: CallAddress) -> bool:
         with self._lock:
             if self.state is CallState.FINISHED:
                 return False
-            self.state, self.call_id = CallState.RUNNING, call_id
+            self.state, self.address = CallState.RUNNING, address
             return True
 
     def finish(self, outcome: Outcome) -> bool:
@@ -99,7 +123,7 @@ class Call:
         return True
 
     def __repr__(self) -> str:
-        return f"<Call {self.label} {self.state.value} {self.call_id or ''}>".replace(" >", ">")
+        return f"<Call {self.label} {self.state.value} {self.address or ''}>".replace(" >", ">")
 
 
 class Reports:
@@ -131,3 +155,50 @@ class Reports:
     def _handle(self) -> None:
         while (report := self._queue.get()) is not None:
             report()
+
+
+# Calls a burst holds at most before it is handed over: a request's worth (512 is Modal's
+# most) would hold the first job of a big fan-out back while redun prepares the rest.
+BURST_LIMIT = 128
+
+
+class Burst:
+    """The calls the scheduler submits in one burst, handed to a backend together.
+
+    redun queues each ready job's execution as an event of its own, so a fan-out is a run of
+    events queued at once. The first call held queues one more event behind them, which
+    hands the burst over (``send``); so does reaching ``BURST_LIMIT`` calls. No timer: a
+    lone job goes out as soon as the events queued before it are handled.
+    """
+
+    def __init__(
+        self,
+        post: Callable[[Callable[[], None]], None],
+        send: Callable[[list[Call]], None],
+    ) -> None:
+        self._post = post  # Queues an event on the scheduler's thread.
+        self._send = send
+        self._held: list[Call] = []
+        self._lock = threading.Lock()
+
+    def add(self, call: Call) -> None:
+        with self._lock:
+            self._held.append(call)
+            first, full = len(self._held) == 1, len(self._held) >= BURST_LIMIT
+        if full:
+            self.flush()
+        elif first:
+            self._post(self.flush)
+
+    def flush(self) -> None:
+        """Hand over the calls held (if any)."""
+        with self._lock:
+            calls, self._held = self._held, []
+        if calls:
+            self._send(calls)
+
+    def drop(self) -> list[Call]:
+        """The calls held, never to be handed over (the run stops)."""
+        with self._lock:
+            calls, self._held = self._held, []
+        return calls

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,7 @@ from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
 from redun_modal_executor.backends import Backend, BackendRef, backend_class, create_backend
-from redun_modal_executor.calls import Call, Reports
+from redun_modal_executor.calls import Burst, Call, CallAddress, Reports
 from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
     CallOptions,
@@ -23,6 +22,7 @@ from redun_modal_executor.config import (
 from redun_modal_executor.errors import (
     JOB_ERRORS,
     AppNotDeployedError,
+    CallCancelledError,
     CodePackageError,
     DatabaseBusyError,
     ModalAuthError,
@@ -54,6 +54,8 @@ from redun_modal_executor.payload import (
     decode_result,
     encode_call,
 )
+from redun_modal_executor.progress import Progress
+from redun_modal_executor.tags import address_tags, where_tags
 
 if TYPE_CHECKING:
     from redun.scheduler import Job, Scheduler
@@ -73,33 +75,6 @@ class _Job:
     tags: list[tuple[str, Any]]
 
 
-class _Progress:
-    """Counts finished calls; says so in the log at most every ``interval`` seconds."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.done = self.failed = 0
-        self._last = time.monotonic()
-
-    def count(self, failed: bool, in_flight: int) -> str | None:
-        self.failed += failed
-        self.done += not failed
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            return None
-        self._last = now
-        return f"{in_flight} job(s) in flight, {self.done} done, {self.failed} failed"
-
-    def finish(self) -> str | None:
-        """Reset for the next run; the summary of this one, if it ran anything."""
-        summary = None
-        if self.done or self.failed:
-            summary = f"{self.done} done, {self.failed} failed"
-        self.done = self.failed = 0
-        self._last = time.monotonic()
-        return summary
-
-
 @register_executor("modal")
 class ModalExecutor(Executor):
     """Runs every job through one generic worker function, on Modal or on local processes.
@@ -116,14 +91,18 @@ class ModalExecutor(Executor):
     ) -> None:
         super().__init__(name, scheduler=scheduler)
         self.config = ExecutorConfig.from_section(name, config)
-        self._lock = threading.Lock()
+        # Reentrant: a backend may finish a call inside spawn() (a payload it cannot take),
+        # and report it on the same thread.
+        self._lock = threading.RLock()
         self._backend: Backend | None = None
         self._code: CodeReference | None = None  # The shipped code package's reference.
         self._code_error: str | None = None
         self._inflight: InflightCalls | None = None
+        self._tagging = False  # Whether jobs get tags (``job_tags``), once the backend is up.
+        self._burst: Burst | None = None  # Calls held for a backend that batches.
         self._jobs: dict[Call, _Job] = {}  # Calls in flight, and their jobs.
         self._reports = Reports()
-        self._progress = _Progress(self.config.progress_interval)
+        self._progress = Progress(self.config.progress_interval)
         self._volume_files: BackendRef | None = None  # Resolved on first use.
 
     def volume_files_backend(self) -> BackendRef | None:
@@ -164,6 +143,9 @@ class ModalExecutor(Executor):
         with self._lock:
             backend, self._backend, self._code = self._backend, None, None
             inflight, self._inflight = self._inflight, None
+            burst, self._burst = self._burst, None
+        for call in burst.drop() if burst is not None else []:
+            call.finish(CallCancelledError(f"{call.label}: cancelled before it ran"))
         if backend is not None:
             cancelled = backend.stop()
             if cancelled:
@@ -226,14 +208,16 @@ class ModalExecutor(Executor):
         except JOB_ERRORS as error:
             self._reject(job, error)
             return
-        tags = self._where_tags(backend, entry.options)
-        reattach_to = self._inflight.claim(job.eval_hash) if self._inflight else None
+        tags = where_tags(backend, entry.options) if self._tagging else []
+        claimed = self._inflight.claim(job.eval_hash) if self._inflight else None
+        reattach_to = CallAddress.parse(claimed) if claimed is not None else None
         if reattach_to is not None:
             self.log(
-                f"{entry.label}: reattaching to Modal call {reattach_to}, left by an earlier run"
+                f"{entry.label}: reattaching to Modal call {reattach_to.words()}, left by an "
+                "earlier run"
             )
-            tags.append(("modal_call", reattach_to))
-        if reattach_to is not None or not backend.reattaches:
+            tags.extend(address_tags(reattach_to))
+        if tags and (reattach_to is not None or not backend.reattaches):
             # No call id to wait for (the call is known, or the backend has none): write now.
             # Not with the outcome: redun 0.44 queries a job's tags twice when it ends.
             self._scheduler.add_job_tags(job, tags)
@@ -242,17 +226,22 @@ class ModalExecutor(Executor):
         self._send(backend, entry, payload, reattach_to)
 
     def _send(
-        self, backend: Backend, entry: _Job, payload: bytes | None, reattach_to: str | None = None
+        self,
+        backend: Backend,
+        entry: _Job,
+        payload: bytes | None,
+        reattach_to: CallAddress | None = None,
     ) -> None:
         """Hand the job's call to the backend; its reports come back through ``_reports``."""
+        report = _now if backend.reports_on_own_thread else self._reports.put
         call = Call(
             entry.label,
             entry.options,
             entry.encode,
             payload,
             reattach_to,
-            on_spawned=lambda call: self._reports.put(lambda: self._spawned(entry, call)),
-            on_done=lambda call: self._reports.put(lambda: self._finished(entry, call)),
+            on_spawned=lambda call: report(lambda: self._spawned(entry, call)),
+            on_done=lambda call: report(lambda: self._finished(entry, call)),
         )
         with self._lock:
             # Under the lock: a retry racing stop() either reaches the backend before stop()
@@ -260,14 +249,26 @@ class ModalExecutor(Executor):
             if self._backend is not backend:
                 return
             self._jobs[call] = entry
-            backend.spawn(call)
+            if self._burst is None:
+                backend.spawn([call])
+            else:
+                self._burst.add(call)
+
+    def _spawn_burst(self, backend: Backend, calls: list[Call]) -> None:
+        with self._lock:
+            if self._backend is backend:  # Else stop() has cancelled them.
+                backend.spawn(calls)
 
     def _ready_backend(self) -> tuple[Backend, CodeReference | None]:
         """The backend, started on first use, with the code package shipped if it needs one."""
         with self._lock:
             if self._backend is None:
                 self._backend = create_backend(self.config)
+                self._tagging = self.config.job_tags
+                if self._tagging is None:  # Tags lead somewhere where jobs run elsewhere.
+                    self._tagging = self._backend.remote
                 self._inflight = self._open_inflight_calls(self._backend)
+                self._burst = self._new_burst(self._backend)
                 self._code, self._code_error = None, None
                 if self._backend.ships_code and self.config.ship_code:
                     try:
@@ -277,6 +278,13 @@ class ModalExecutor(Executor):
             if self._code_error is not None:
                 raise CodePackageError(self._code_error)
             return self._backend, self._code
+
+    def _new_burst(self, backend: Backend) -> Burst | None:
+        """Where a backend that batches takes its calls, a burst at a time."""
+        scheduler = self._scheduler
+        if not (backend.batches and scheduler and scheduler.is_running):
+            return None
+        return Burst(scheduler.events_queue.put, lambda calls: self._spawn_burst(backend, calls))
 
     def _checked(
         self, backend: Backend, launch: LaunchSpec, encode: Callable[[], bytes]
@@ -304,19 +312,6 @@ class ModalExecutor(Executor):
             return None
         return open_inflight_calls(self._scheduler.backend, self.log)
 
-    def _where_tags(self, backend: Backend, options: CallOptions) -> list[tuple[str, Any]]:
-        """Job tags saying where and how a job runs, for `redun log` and `redun console`."""
-        tags = backend.job_tags()
-        for name, value in options.set_options().items():
-            if name == "volumes":
-                value = {path: mount.shown() for path, mount in value}
-            elif name == "env":
-                value = dict(value)
-            elif isinstance(value, tuple):
-                value = list(value)
-            tags.append((f"modal_{name}", value))
-        return tags
-
     def _ship_code(self, backend: Backend) -> CodeReference:
         package = build_code_package(
             os.getcwd(), self.config.code_includes, self.config.code_excludes
@@ -333,15 +328,19 @@ class ModalExecutor(Executor):
     def _spawned(self, entry: _Job, call: Call) -> None:
         """Tag the job with its call (and its other tags not written yet) and queue the call's
         record for reattaching."""
-        assert call.call_id is not None
+        assert call.address is not None
         with self._lock:
             if call not in self._jobs or self._scheduler is None:
                 return
-            tags, entry.tags = [*entry.tags, ("modal_call", call.call_id)], []
+            tags, entry.tags = entry.tags, []
+            if self._tagging:
+                tags = [*tags, *address_tags(call.address)]
             inflight = self._inflight
-        self._scheduler.add_job_tags(entry.job, tags)
-        if inflight is not None and entry.job.eval_hash:
-            inflight.record(entry.job.eval_hash, call.call_id, entry.job.task.fullname)
+        job = entry.job
+        if inflight is not None and job.eval_hash:  # The tags go in the ledger's batches.
+            inflight.record(job.eval_hash, str(call.address), job.task.fullname, job.id, tags)
+        elif tags:
+            self._scheduler.add_job_tags(job, tags)
 
     def _finished(self, entry: _Job, call: Call) -> None:
         """A call has finished, failed or was cancelled: tell redun, or run it again."""
@@ -408,6 +407,10 @@ class ModalExecutor(Executor):
         assert self._scheduler
         traceback = Traceback(error, [], logs=getattr(error, "logs", None))
         self._scheduler.reject_job(job, error, traceback)
+
+
+def _now(report: Callable[[], None]) -> None:
+    report()
 
 
 def _launch_failed(error: Exception) -> Exception:

@@ -1,14 +1,18 @@
 """Modal calls in flight, kept in the redun database so a restarted scheduler can reattach.
 
 A row maps a job's ``eval_hash`` (its task's code and arguments) to the Modal call running
-it. Rows are written in batches, within ``FLUSH_SECONDS`` of the spawn, and deleted when the
-run that spawned them stops normally, by which time redun has been given every outcome. Only a
+it: the call id, and ``:<index>`` for an input of a batched call (``calls.CallAddress``).
+Rows are written in batches, within ``FLUSH_SECONDS`` of the spawn, and deleted when the run
+that spawned them stops normally, by which time redun has been given every outcome. Only a
 scheduler that dies (SIGKILL, a lost laptop) leaves rows behind; the same command run again
 claims them and waits for those calls instead of paying for the work twice. A scheduler that
 dies loses at most its last, unwritten batch: those calls run again.
 
 The table lives next to redun's own, through SQLAlchemy Core, so it works on sqlite and
-Postgres alike; redun's migrations neither know nor touch it.
+Postgres alike; redun's migrations neither know nor touch it. The spawned jobs' tags go in the
+same batches, into redun's own tag table, as redun's ``record_tags`` writes them (a tag is
+keyed by its hash: one already there is left as it is): redun's API writes one job's tags
+per transaction, on the scheduler thread.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
-from redun.backends.db import Evaluation
+from redun.backends.db import Evaluation, Tag, TagEntity
+from redun.hashing import hash_tag
 
 _metadata = sa.MetaData()
 _DELETE_BATCH = 500  # Bound parameters per statement stay well under sqlite's limit.
@@ -30,6 +35,7 @@ FLUSH_SECONDS = 0.1
 FLUSH_ROWS = 100
 # redun's own cache table: a job whose eval_hash is there has its outcome recorded.
 _REDUN_EVALUATIONS = Evaluation.__table__
+_REDUN_TAGS = Tag.__table__
 
 INFLIGHT_CALLS = sa.Table(
     "redun_modal_inflight_call",
@@ -58,6 +64,7 @@ class InflightCalls:
         self._queued = threading.Condition(self._lock)
         self._touched: set[str] = set()
         self._pending: dict[str, dict[str, Any]] = {}  # eval_hash -> its row, not yet written
+        self._pending_tags: dict[str, dict[str, Any]] = {}  # tag_hash -> its row, the same
         self._stopping = False
         self._flusher: threading.Thread | None = None
         try:
@@ -80,15 +87,24 @@ class InflightCalls:
                 self._touched.add(eval_hash)
             return call_id
 
-    def record(self, eval_hash: str, call_id: str, task: str) -> None:
-        """Remember the call now running this job (replacing an older one), soon; never blocks
-        on the database."""
+    def record(
+        self,
+        eval_hash: str,
+        call_id: str,
+        task: str,
+        job_id: str = "",
+        tags: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        """Remember the call now running this job (replacing an older one), and the job's
+        ``tags``, soon; never blocks on the database."""
         row = {"eval_hash": eval_hash, "call_id": call_id, "task": task, "spawned_at": time.time()}
+        tag_rows = [_tag_row(job_id, key, value) for key, value in tags or ()]
         with self._lock:
             if self._stopping:
                 return
             self._touched.add(eval_hash)
             self._pending[eval_hash] = row
+            self._pending_tags.update((tag["tag_hash"], tag) for tag in tag_rows)
             if self._flusher is None:
                 self._flusher = threading.Thread(
                     target=self._flush_batches, name="redun-modal-reattach", daemon=True
@@ -109,7 +125,13 @@ class InflightCalls:
         with self._lock:
             # Rows still queued would be deleted below anyway: no need to write them first.
             self._pending.clear()
+            tags, self._pending_tags = list(self._pending_tags.values()), {}
             hashes, self._touched = sorted(self._touched), set()
+        if tags:  # Tags stay: they say where the jobs ran.
+            try:
+                self._write([], tags)
+            except Exception as error:
+                self._on_error(f"could not tag {len(tags)} job(s) with their calls: {error}")
         recorded = sa.select(_REDUN_EVALUATIONS.c.eval_hash)
         with self._guard(), self._engine.begin() as connection:
             connection.execute(
@@ -135,34 +157,58 @@ class InflightCalls:
                 if self._stopping:
                     return
                 rows, self._pending = list(self._pending.values()), {}
+                tags, self._pending_tags = list(self._pending_tags.values()), {}
             try:
-                self._write(rows)
+                self._write(rows, tags)
             except Exception as error:  # Reattaching is a saving, not a duty: warn, go on.
                 self._on_error(
                     f"could not record {len(rows)} Modal call(s) for reattaching: {error}"
                 )
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _write(self, rows: list[dict[str, Any]], tags: list[dict[str, Any]]) -> None:
         """Insert the rows, each replacing the row of its job if there is one: an upsert, so
         that a row another scheduler inserts at the same moment (it runs the same job, on
-        Postgres) is replaced, not a conflict that loses the whole batch."""
+        Postgres) is replaced, not a conflict that loses the whole batch. Tags already there
+        are left as they are."""
         with self._guard(), self._engine.begin() as connection:
-            connection.execute(_upsert(connection.dialect.name), rows)
+            dialect = connection.dialect.name
+            if rows:
+                connection.execute(_upsert(dialect), rows)
+            if tags:
+                insert = _insert(dialect, _REDUN_TAGS)
+                connection.execute(insert.on_conflict_do_nothing(), tags)
 
 
-def _upsert(dialect: str) -> sa.sql.Insert:
-    """INSERT ... ON CONFLICT (eval_hash) DO UPDATE, in the database's dialect (redun's
-    databases are sqlite and Postgres, the two that have one)."""
+def _insert(dialect: str, table: sa.Table) -> Any:
+    """An INSERT that can say ON CONFLICT, in the database's dialect (redun's databases are
+    sqlite and Postgres, the two that have one)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    statement = insert(INFLIGHT_CALLS)
+    return insert(table)
+
+
+def _upsert(dialect: str) -> sa.sql.Insert:
+    """INSERT ... ON CONFLICT (eval_hash) DO UPDATE."""
+    statement = _insert(dialect, INFLIGHT_CALLS)
     replaced = ("call_id", "task", "spawned_at")
     return statement.on_conflict_do_update(
         index_elements=[INFLIGHT_CALLS.c.eval_hash],
         set_={name: statement.excluded[name] for name in replaced},
     )
+
+
+def _tag_row(job_id: str, key: str, value: Any) -> dict[str, Any]:
+    """A job's tag, as redun's ``record_tags`` makes it (no parents: a new tag)."""
+    return {
+        "tag_hash": hash_tag(job_id, key, value, []),
+        "entity_type": TagEntity.Job,
+        "entity_id": job_id,
+        "key": key,
+        "value": value,
+        "is_current": True,
+    }
 
 
 def open_inflight_calls(redun_backend: Any, log: Callable[[str], None]) -> InflightCalls | None:

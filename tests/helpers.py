@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 from redun.backends.db import Job, Tag, Task
 
+from redun_modal_executor.calls import CallAddress
 from redun_modal_executor.inflight import INFLIGHT_CALLS
 
 REDUN = str(Path(sys.executable).with_name("redun"))
@@ -159,8 +160,20 @@ def job_tags(project: Project, task: str) -> dict:
 
 
 def call_tags(project: Project, task: str) -> list[str]:
-    """The ``modal_call`` tags of every job of ``task``."""
-    return [value for key, value in job_tag_rows(project, task) if key == "modal_call"]
+    """Where each job of ``task`` ran, from its tags: ``modal_call``, and ``:<modal_input>``
+    for an input of a batch (the reattach ledger's form)."""
+    query = (
+        sa.select(Tag.entity_id, Tag.key, Tag.value)
+        .join(Job, Tag.entity_id == Job.id)
+        .join(Task, Job.task_hash == Task.hash)
+        .where(Task.name == task, Tag.key.in_(["modal_call", "modal_input"]))
+    )
+    by_job: dict[str, dict[str, Any]] = {}
+    for job_id, key, value in project.query(query):
+        by_job.setdefault(job_id, {})[key] = value
+    return [
+        str(CallAddress(tags["modal_call"], tags.get("modal_input"))) for tags in by_job.values()
+    ]
 
 
 def redun_modal(
@@ -399,12 +412,14 @@ def live_executions(app: LiveApp, run: str) -> Counter[str]:
     return counts
 
 
-def call_outcome(call_id: str) -> str:
-    """What Modal says of a call now: "running", "returned", or "raised <exception type>"."""
+def call_outcome(address: str) -> str:
+    """What Modal says of a call (or an input of one: ``call_tags``' form) now: "running",
+    "returned", or "raised <exception type>"."""
     import modal
 
+    where = CallAddress.parse(address)
     try:
-        modal.FunctionCall.from_id(call_id).get(timeout=0)
+        modal.FunctionCall.from_id(where.call_id).get(timeout=0, index=where.index or 0)
     except TimeoutError:
         return "running"
     except Exception as error:
@@ -412,11 +427,14 @@ def call_outcome(call_id: str) -> str:
     return "returned"
 
 
-def call_log(call_id: str, entries: int = 100) -> str:
-    """The last `entries` entries of a call's Modal log, as one text."""
+def call_log(address: str, entries: int = 100) -> str:
+    """The last `entries` entries of a call's Modal log (of its batch, for an input of one:
+    ``call_tags``' form), as one text."""
     import modal
 
-    tail = modal.FunctionCall.from_id(call_id).logs.tail(entries=entries)
+    tail = modal.FunctionCall.from_id(CallAddress.parse(address).call_id).logs.tail(
+        entries=entries
+    )
     return "".join(entry.message for entry in tail)
 
 

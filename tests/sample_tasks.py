@@ -89,8 +89,9 @@ def timed_sleep(seconds: float) -> tuple[int, float, float]:
 
 
 @task
-def env_value(name: str) -> tuple[int, str | None]:
-    return os.getpid(), os.environ.get(name)
+def env_value(name: str) -> tuple[int, int, str | None]:
+    """The worker's pid, its parent's, and the variable ``name``."""
+    return os.getpid(), os.getppid(), os.environ.get(name)
 
 
 @task
@@ -107,9 +108,43 @@ def sleep_in_child(pid_file: str) -> str:
 
 @task
 def mark_then_sleep(marker: str, seconds: float) -> None:
-    """Touch ``marker`` once running, then sleep: tests wait for the file, not a guess."""
+    """Write ``marker`` once running (the worker's pid and its parent's), then sleep: tests
+    wait for the file, not a guess."""
+    import os
     import time
     from pathlib import Path
 
-    Path(marker).touch()
+    partial = Path(marker + ".partial")
+    partial.write_text(f"{os.getpid()} {os.getppid()}")
+    partial.replace(marker)  # Whoever sees the marker sees both pids.
     time.sleep(seconds)
+
+
+@task
+def process_facts(seconds: float) -> dict[str, int]:
+    """Sleeps (so that calls at once get workers of their own); returns the worker's pids."""
+    import os
+    import time
+
+    time.sleep(seconds)
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "pgid": os.getpgid(0),
+        "sid": os.getsid(0),
+    }
+
+
+@task
+def kill_self() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task
+def scheduler_state(modules: list[str]) -> tuple[object, list[str]]:
+    """What a worker sees of state the scheduler set: this module's ``SET_BY_SCHEDULER``, and
+    which of ``modules`` are imported."""
+    return globals().get("SET_BY_SCHEDULER"), [name for name in modules if name in sys.modules]

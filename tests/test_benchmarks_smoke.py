@@ -14,6 +14,7 @@ SCENARIOS = (
     "4. cached rerun",
     "5. big values",
     "6. many in flight",
+    "7. start-up",
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers import APP, LOCAL_CONFIG, final_line, ran
+from helpers import APP, LOCAL_CONFIG, final_line, job_tag_rows, ran
 
 pytestmark = pytest.mark.e2e
 
@@ -307,3 +307,21 @@ def test_progress_lines_and_summary(project):
     output = project.redun("run", "wf.py", "main").stdout
     assert re.search(r"Executor\[default\]: \d+ job\(s\) in flight, \d+ done, 0 failed", output)
     assert "Executor[default]: local calls: 10 done, 0 failed" in output
+
+
+def test_local_jobs_are_tagged_only_when_asked(project):
+    project.write(
+        "wf.py",
+        """\
+        from redun import task
+
+        @task(memory=512)
+        def small() -> int:
+            return 1
+        """,
+    )
+    project.redun("run", "wf.py", "small")
+    assert job_tag_rows(project, "small") == []  # As under redun's own LocalExecutor.
+    project.configure(LOCAL_CONFIG + "job_tags = true\n")
+    project.redun("run", "wf.py", "small", "--no-cache")
+    assert job_tag_rows(project, "small") == [("modal_memory", 512)]

@@ -46,7 +46,7 @@ class Writes:
         self._changed = threading.Condition()
         write = InflightCalls._write
 
-        def gated(calls: InflightCalls, batch: list) -> None:
+        def gated(calls: InflightCalls, batch: list, tags: list) -> None:
             with self._changed:
                 self.sizes.append(len(batch))
                 self.taken_at.append(time.monotonic())
@@ -54,7 +54,7 @@ class Writes:
                 number = len(self.sizes)
                 if not self._changed.wait_for(lambda: number <= self._let_through, WAIT_SECONDS):
                     raise AssertionError(f"batch {number} was never let through")
-            write(calls, batch)
+            write(calls, batch, tags)
             with self._changed:
                 self.written += 1
                 self._changed.notify_all()
@@ -166,3 +166,27 @@ def test_a_failed_write_is_reported_not_raised(tmp_path):
     (error,) = errors
     assert error.startswith("could not record 1 Modal call(s) for reattaching:")
     assert "redun_modal_inflight_call" in error  # The database's own words follow.
+
+
+def test_tags_go_with_the_batches_as_redun_writes_them(tmp_path):
+    from redun.backends.db import Tag, TagEntity
+    from redun.hashing import hash_tag
+
+    engine = database(tmp_path)
+    Tag.__table__.create(engine)
+    tags = [("modal_call", "fc-1"), ("modal_input", 3)]
+    calls = InflightCalls(engine, nullcontext, print)
+    calls.record("e1", "fc-1:3", "t", "job-1", tags)
+    calls.release()  # Writes the tags still queued; deletes the run's rows.
+    again = InflightCalls(engine, nullcontext, print)
+    again.record("e1", "fc-1:3", "t", "job-1", tags)  # The same tags: left as they are.
+    again.release()
+    with engine.connect() as connection:
+        query = sa.select(Tag.tag_hash, Tag.entity_type, Tag.entity_id, Tag.key, Tag.value)
+        found = sorted(connection.execute(query).all())
+    expected = [
+        (hash_tag("job-1", key, value, []), TagEntity.Job, "job-1", key, value)
+        for key, value in tags
+    ]
+    assert found == sorted(expected)
+    assert rows(engine) == {}

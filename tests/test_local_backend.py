@@ -1,16 +1,20 @@
-"""The local backend's process pool: reuse, limits, timeouts, cancellation, crashes."""
+"""The local backend's process pool: reuse, limits, timeouts, cancellation, crashes, and the
+template process that workers are forked from."""
 
 from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import sample_tasks
 
 from redun_modal_executor.backends.local.pool import WorkerPool
+from redun_modal_executor.backends.local.template import TEMPLATE_FLAG, WORKER_MODULE
 from redun_modal_executor.calls import Call, CallState
 from redun_modal_executor.config import CallOptions
 from redun_modal_executor.errors import (
@@ -73,6 +77,44 @@ def wait_for(condition, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+TEMPLATE_COMMAND = f"{WORKER_MODULE}\0{TEMPLATE_FLAG}\0".encode()  # In /proc/<pid>/cmdline.
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # After the name: state, then ppid.
+
+
+def alive(pid: int) -> bool:
+    """Running, as far as /proc tells (a zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def our_templates() -> list[int]:
+    """Template processes started by this process."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if TEMPLATE_COMMAND in cmdline and parent_of(int(proc.name)) == os.getpid():
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def sitecustomize(tmp_path: Path, monkeypatch, source: str) -> None:
+    """Python processes started from now on (the template, not its forks) run ``source``."""
+    directory = tmp_path / "site"
+    directory.mkdir()
+    (directory / "sitecustomize.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", str(directory))
+
+
 def test_warm_worker_is_reused(pool):
     one = pool(max_workers=1)
     pids = set()
@@ -84,18 +126,44 @@ def test_warm_worker_is_reused(pool):
     assert pids != {os.getpid()}
 
 
-def test_env_is_set_in_workers_kept_for_that_env(pool):
+def test_env_is_set_in_workers_kept_for_that_env(pool, monkeypatch):
+    monkeypatch.delenv("MODE", raising=False)
     one = pool(max_workers=1)
     seen = []
     for env in [(("MODE", "a"),), (("MODE", "a"),), (("MODE", "b"),), ()]:
         one.spawn("x", sample_tasks.env_value, "MODE", env=env)
         (result,) = one.results(1).values()
         seen.append(result.value)
-    assert [value for _, value in seen] == ["a", "a", "b", os.environ.get("MODE")]
-    pids = [pid for pid, _ in seen]
+    assert [value for _, _, value in seen] == ["a", "a", "b", None]
+    pids = [pid for pid, _, _ in seen]
     # The same env reuses its warm worker; another env gets a worker of its own, and with
     # max_workers = 1 the idle one of the other env is stopped to make room.
     assert pids[0] == pids[1] and len(set(pids[1:])) == 3
+    # All forked from one template, which never takes a call's env: the last worker, forked
+    # after those of "a" and "b", has neither.
+    (template,) = {parent for _, parent, _ in seen}
+    assert template != os.getpid()
+
+
+def test_calls_of_two_envs_at_once_each_run_in_a_worker_of_their_env(pool):
+    two = pool(max_workers=2)
+    for i in range(8):
+        mode = "ab"[i % 2]
+        two.spawn(f"{mode}{i}", sample_tasks.env_value, "MODE", env=(("MODE", mode),))
+    envs_by_worker: dict[int, set[str]] = {}
+    for name, result in two.results(8).items():
+        pid, _, value = result.value
+        assert value == name[0]
+        envs_by_worker.setdefault(pid, set()).add(value)
+    assert all(len(envs) == 1 for envs in envs_by_worker.values())  # None ran both.
+
+
+def test_a_big_env_reaches_its_worker_whole(pool):
+    value = "é" * 100_000 + ' "quoted", spaced\\'  # Several socket reads' worth.
+    one = pool(max_workers=1)
+    one.spawn("big", sample_tasks.env_value, "BIG", env=(("BIG", value), ("SMALL", "1")))
+    _, _, seen = one.results(1)["big"].value
+    assert seen == value
 
 
 def test_concurrency_is_limited_to_max_workers(pool):
@@ -180,16 +248,107 @@ def test_a_payload_that_cannot_be_encoded_fails_its_call_at_once(pool):
 
 
 def test_worker_start_up_does_not_count_against_the_timeout(pool, tmp_path, monkeypatch):
-    # Modal, too, starts the clock when the container is up. Workers start slower than the
-    # timeout here, whatever the machine: each sleeps in its sitecustomize first.
+    # Modal, too, starts the clock when the container is up. The first worker starts slower
+    # than the timeout here, whatever the machine: the template it is forked from sleeps in
+    # its sitecustomize first, and the call is assigned to the worker before that.
     startup = 1.5
-    slow_start = tmp_path / "slow-start"
-    slow_start.mkdir()
-    (slow_start / "sitecustomize.py").write_text(f"import time\ntime.sleep({startup})\n")
-    monkeypatch.setenv("PYTHONPATH", str(slow_start))
+    sitecustomize(tmp_path, monkeypatch, f"import time\ntime.sleep({startup})\n")
     one = pool(max_workers=1)
     began = time.monotonic()
     one.spawn("first", sample_tasks.timed_sleep, 0.01, timeout=0.5)
     result = one.results(1)["first"]
     assert isinstance(result, Success), result
     assert time.monotonic() - began > startup  # The start-up did take longer than the timeout.
+
+
+@pytest.mark.parametrize(
+    ("task", "how"),
+    [
+        (sample_tasks.hard_exit, "exited with status 9"),
+        (sample_tasks.kill_self, "was killed by signal SIGKILL"),
+    ],
+)
+def test_a_dead_worker_is_described_by_its_exit_status(pool, task, how):
+    one = pool(max_workers=1)
+    one.spawn("dies", task)
+    (outcome,) = one.results(1).values()
+    assert isinstance(outcome, WorkerDiedError)
+    assert str(outcome) == (
+        f"Task {task.fullname}: the worker process {how} before returning a result (out of "
+        "memory, a crash in native code, or os._exit in the task)."
+    )
+
+
+def test_workers_are_forked_from_one_template_that_starts_once(pool, tmp_path, monkeypatch):
+    started = tmp_path / "interpreters"
+    record = f"import os\nopen({str(started)!r}, 'a').write(str(os.getpid()) + ' ')\n"
+    sitecustomize(tmp_path, monkeypatch, record)
+    two = pool(max_workers=2)
+    two.spawn("a", sample_tasks.process_facts, 1.0)
+    two.spawn("b", sample_tasks.process_facts, 1.0)
+    facts = [result.value for result in two.results(2).values()]
+    (template,) = {fact["ppid"] for fact in facts}
+    assert started.read_text().split() == [str(template)]  # One interpreter start for both.
+    assert parent_of(template) == os.getpid()  # Started by the scheduler ...
+    assert TEMPLATE_COMMAND in Path(f"/proc/{template}/cmdline").read_bytes()
+    assert os.getsid(template) == template  # ... in a session of its own.
+    assert facts[0]["pid"] != facts[1]["pid"]
+    for fact in facts:  # Each worker: its own session and process group.
+        assert fact["pid"] == fact["pgid"] == fact["sid"]
+
+
+def test_a_worker_has_none_of_the_schedulers_state(pool, monkeypatch):
+    monkeypatch.setattr(sample_tasks, "SET_BY_SCHEDULER", "only here", raising=False)
+    one = pool(max_workers=1)
+    one.spawn("state", sample_tasks.scheduler_state, ["pytest", "_pytest", "redun"])
+    result = one.results(1)["state"]
+    # redun, which the template imports, is there; what this test process imported is not,
+    # and sample_tasks was imported afresh.
+    assert result == Success((None, ["redun"]))
+
+
+def test_a_template_that_dies_fails_the_running_calls_and_is_replaced(pool, tmp_path):
+    two = pool(max_workers=2)
+    markers = [tmp_path / f"started-{i}" for i in range(2)]
+    for i, marker in enumerate(markers):
+        two.spawn(str(i), sample_tasks.mark_then_sleep, str(marker), 30)
+    wait_for(lambda: all(marker.exists() for marker in markers))
+    workers = [tuple(int(pid) for pid in marker.read_text().split()) for marker in markers]
+    (template,) = {parent for _, parent in workers}
+    os.kill(template, signal.SIGKILL)
+    outcomes = two.results(2)
+    for outcome in outcomes.values():
+        assert isinstance(outcome, WorkerDiedError)
+        assert str(outcome) == (
+            "Task mark_then_sleep: the worker process was stopped before returning a result: "
+            f"its template process (pid {template}) was killed by signal SIGKILL."
+        )
+    for pid, _ in workers:
+        wait_for(lambda pid=pid: not alive(pid), timeout=5)
+
+    two.spawn("later", sample_tasks.process_facts, 0)
+    later = two.results(1)["later"].value
+    assert later["ppid"] not in (template, os.getpid())  # A new template.
+
+
+def test_a_template_that_cannot_start_fails_each_call(pool, tmp_path, monkeypatch):
+    sitecustomize(tmp_path, monkeypatch, "import os\nos._exit(3)\n")
+    one = pool(max_workers=1)
+    one.spawn("first", sample_tasks.add, 1, 2)
+    one.spawn("second", sample_tasks.add, 2, 2)
+    for outcome in one.results(2).values():  # One template each: no retrying without end.
+        assert isinstance(outcome, WorkerDiedError)
+        assert "Task add: could not start a worker process: the worker template" in str(outcome)
+        assert str(outcome).endswith("exited with status 3 before it was ready.")
+
+
+def test_stop_while_the_template_starts_ends_it_at_once(pool, tmp_path, monkeypatch):
+    sitecustomize(tmp_path, monkeypatch, "import time\ntime.sleep(60)\n")
+    one = pool(max_workers=1)
+    one.spawn("first", sample_tasks.add, 1, 2)
+    wait_for(lambda: len(our_templates()) == 1)
+    began = time.monotonic()
+    assert one.pool.stop() == 1
+    assert time.monotonic() - began < 10
+    assert str(one.results(1)["first"]) == "Task add: cancelled mid-run"
+    assert our_templates() == []

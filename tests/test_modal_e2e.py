@@ -20,6 +20,8 @@ from helpers import (
     wait_for,
 )
 
+from redun_modal_executor.calls import CallAddress
+
 pytestmark = pytest.mark.e2e
 
 
@@ -29,15 +31,24 @@ def test_workflow_runs_on_modal_and_reruns_from_cache_without_rpcs(modal_project
     assert final_line(output) == "14"
     assert ran(output, "square") == 4
     jobs = 6  # main, 4 x square, sum_all
-    # Per job: one spawn (FunctionMap) and one long-polled get (FunctionGetOutputs: each job
-    # ends well within the client's 55 s poll, so none is polled twice). Per run: one lookup of
-    # the image's function, and the code package (Dict lookup, contains, put). Per container
-    # and code version: the package's download (Dict lookup, get). The fake's workers share one
-    # temp dir (its "container disk"), and main runs alone before any other job is spawned: its
-    # worker is the only one that downloads, the others find the package unpacked.
-    assert dict(fake_modal.rpc_counts) == {
-        "FunctionMap": jobs,
-        "FunctionGetOutputs": jobs,
+    # The jobs go out in batches: one map call (FunctionMap) per burst of jobs, its inputs
+    # added (FunctionPutInputs) and finished (FunctionFinishInputs), outputs long-polled
+    # (FunctionGetOutputs: each poll answers with one output or more, as they finish). main,
+    # the squares and sum_all come in three bursts; how the squares' burst splits between
+    # requests depends on timing. Per run: one lookup of the image's function, and the code
+    # package (Dict lookup, contains, put). Per container and code version: the package's
+    # download (Dict lookup, get). The fake's workers share one temp dir (its "container
+    # disk"), and main runs alone before any other job is spawned: its worker is the only one
+    # that downloads, the others find the package unpacked.
+    counts = dict(fake_modal.rpc_counts)
+    batches = list(fake_modal.calls.values())
+    assert sorted(len(batch.inputs) for batch in batches)[-1] >= 2  # The squares shared one.
+    assert sum(len(batch.inputs) for batch in batches) == jobs
+    assert all(batch.finished_inputs == len(batch.inputs) for batch in batches)
+    assert counts.pop("FunctionMap") == counts.pop("FunctionFinishInputs") == len(batches)
+    assert len(batches) <= counts.pop("FunctionPutInputs") <= jobs
+    assert len(batches) <= counts.pop("FunctionGetOutputs") <= jobs
+    assert counts == {
         "FunctionGet": 1,
         "DictGetOrCreate": 1 + 1,  # the client's lookup, and main's worker's
         "DictContains": 1,
@@ -269,9 +280,11 @@ def test_killed_scheduler_reattaches_instead_of_running_again(modal_project, fak
     assert final_line(output) == "3"
     # main's result was recorded before the kill: cached now. The naps were still running.
     assert output.count("reattaching to Modal call fc-") == 3
-    # Each nap, of the killed run and of this one, is tagged with the call left running.
+    # Each nap, of the killed run and of this one, is tagged with the input left running: the
+    # three are inputs of one batch.
     naps = call_tags(modal_project, "nap")
     assert len(naps) == 6 and len(set(naps)) == 3 and set(naps) <= left
+    assert len({CallAddress.parse(nap).call_id for nap in naps}) == 1
     executions = fake_modal.executions[f"{APP}/run_job"]
     assert executions == 5  # main, 3 x nap and total: each ran exactly once.
     assert inflight_rows(modal_project) == {}  # A run that ends normally leaves no rows.
@@ -282,7 +295,8 @@ def test_stale_call_ids_fall_back_to_a_fresh_spawn(modal_project, fake_modal):
 
     modal_project.write("wf.py", NAPS)
     kill_mid_run(modal_project, fake_modal)
-    for call_id in inflight_rows(modal_project).values():
+    left = inflight_rows(modal_project).values()
+    for call_id in {CallAddress.parse(address).call_id for address in left}:
         modal.FunctionCall.from_id(call_id).cancel()
     fake_modal.wait_until(lambda: fake_modal.running == 0)
 
@@ -307,8 +321,8 @@ def test_jobs_are_tagged_with_their_call_image_and_resources(modal_project, fake
     tags = job_tags(modal_project, "train")
     assert tags["modal_call"].startswith("fc-")
     assert tags["modal_call"] in fake_modal.calls
-    assert {key: tags[key] for key in tags if key != "modal_call"} == {
-        "modal_backend": "modal",
+    assert tags["modal_input"] == 0  # The first input of its batch.
+    assert {key: tags[key] for key in tags if key not in ("modal_call", "modal_input")} == {
         "modal_app": APP,
         "modal_gpu": "T4",
         "modal_memory": 2048,

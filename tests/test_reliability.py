@@ -24,7 +24,7 @@ from helpers import (
     wait_for,
 )
 
-from redun_modal_executor.backends.local.pool import WORKER_MODULE
+from redun_modal_executor.backends.local.template import TEMPLATE_FLAG, WORKER_MODULE
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +45,7 @@ def main(n: int = 50, seconds: float = 60) -> int:
 def total(values: list) -> int:
     return sum(values)
 """
+TEMPLATE_COMMAND = f"{WORKER_MODULE}\0{TEMPLATE_FLAG}\0".encode()  # In /proc/<pid>/cmdline.
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def interrupt_when(project, condition, *args: str) -> str:
 def test_sigint_mid_fan_out_cancels_every_call_on_modal(deployed, fake_modal):
     deployed.write("wf.py", FAN_OUT)
     output = interrupt_when(
-        deployed, lambda: fake_modal.rpc_counts["FunctionMap"] >= 51 and fake_modal.running >= 4
+        deployed, lambda: len(fake_modal.inputs) >= 51 and fake_modal.running >= 4
     )
     assert "cancelled 50 call(s) still in flight" in output
     fake_modal.wait_until(lambda: fake_modal.running == 0, timeout=10)
@@ -79,18 +80,26 @@ def test_sigint_mid_fan_out_cancels_every_call_on_modal(deployed, fake_modal):
     assert inflight_rows(deployed) == {}  # Written for reattaching, released on the way out.
 
 
-def local_workers(project) -> list[int]:
-    """Local-backend worker processes started from `project` (their cwd), from /proc."""
-    found = []
+def local_processes(project) -> dict[int, int]:
+    """Local-backend template and worker processes started from `project` (their cwd), from
+    /proc: pid to parent pid."""
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes()
             cwd = os.readlink(proc / "cwd")
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if WORKER_MODULE.encode() in cmdline and cwd == str(project.root):
-            found.append(int(proc.name))
+        if TEMPLATE_COMMAND in cmdline and cwd == str(project.root) and stat[0] != "Z":
+            found[int(proc.name)] = int(stat[1])
     return found
+
+
+def local_workers(project) -> list[int]:
+    """The workers among them: those forked by a template."""
+    processes = local_processes(project)
+    return [pid for pid, parent in processes.items() if parent in processes]
 
 
 @ON_EACH_DATABASE
@@ -101,7 +110,7 @@ def test_sigint_mid_fan_out_stops_every_local_worker(project):
     # The two naps running, and those queued by then: how many the scheduler had submitted when
     # SIGINT came varies; main had finished, so at most the 50 naps.
     assert cancelled and 2 <= int(cancelled.group(1)) <= 50
-    assert local_workers(project) == []
+    assert local_processes(project) == {}  # Neither the workers nor their template is left.
 
 
 def test_preemption_is_transparent(deployed, fake_modal):
@@ -117,7 +126,7 @@ def test_internal_failures_are_resubmitted_a_bounded_number_of_times(deployed, f
     fake_modal.inject_fault("internal_failure", count=2)
     output = deployed.redun("run", "wf.py", "main", "--n", "2", "--seconds", "0").stdout
     assert final_line(output) == "1"
-    assert fake_modal.rpc_counts["FunctionMap"] == 4 + 2  # main, 2 naps, total; 2 resubmits
+    assert len(fake_modal.inputs) == 4 + 2  # main, 2 naps, total; 2 resubmitted inputs
 
     fake_modal.inject_fault("internal_failure", count=3)
     process = deployed.redun("run", "wf.py", "main", "--n", "1", "--seconds", "0", check=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -88,6 +88,12 @@ class Backend(ABC):
     deploys: ClassVar[bool] = False
     # A call sees a volume only where its options mount it; it cannot reach this machine.
     remote: ClassVar[bool] = False
+    # Calls submitted together travel together (one request for many): the executor hands
+    # over a burst of jobs at once rather than one at a time.
+    batches: ClassVar[bool] = False
+    # Calls report from a thread of the backend's own that may block: the executor handles
+    # the reports there, in order, instead of on its reports thread (no hop per call).
+    reports_on_own_thread: ClassVar[bool] = False
 
     def __init__(self, ref: BackendRef) -> None:
         self.ref = ref
@@ -100,8 +106,9 @@ class Backend(ABC):
     # Calls, on the client.
 
     @abstractmethod
-    def spawn(self, call: Call) -> None:
-        """Start ``call`` and return at once; the backend reports on the handle later."""
+    def spawn(self, calls: Sequence[Call]) -> None:
+        """Start ``calls`` (a burst of jobs, or one) and return at once; the backend reports
+        on each handle later."""
 
     @abstractmethod
     def spawn_detached(self, call: Call) -> str:
@@ -160,5 +167,5 @@ class Backend(ABC):
         """Where a call with ``options`` runs, in words (`redun-modal plan`)."""
 
     def job_tags(self) -> list[tuple[str, Any]]:
-        """Tags for every job, saying where it runs."""
-        return [("modal_backend", self.ref.name)]
+        """Tags for every job, saying where it runs (that leads somewhere: none here)."""
+        return []

@@ -115,6 +115,17 @@ class ExecutorConfig:
         "killed mid-run and started again waits for the calls still running (or finished) "
         "instead of running them again.",
     )
+    job_tags: bool | None = setting(
+        None,
+        parsers.flag,
+        "Tag each job in the redun database with where and how it ran, for `redun log` and "
+        "`redun console`: on Modal, ``modal_app``, ``modal_call`` and ``modal_input`` (the "
+        "job's input in its batched call), and the task options redun does not record "
+        "itself (``modal_gpu``, ``modal_memory``, ...). Unset, it is on for the modal backend "
+        "and off for local, whose jobs then read in `redun log` as under redun's own "
+        "LocalExecutor.",
+        shown="on for modal, off for local",
+    )
     code_includes: tuple[str, ...] = setting(
         ("**/*.py",),
         parsers.patterns,

@@ -479,6 +479,9 @@ class ControlPlane:
         self, call: CallRecord, items: Iterable[api_pb2.FunctionPutInputsItem]
     ) -> list[api_pb2.FunctionPutInputsResponseItem]:
         """Queue inputs of a call; each starts as soon as a worker slot is free."""
+        if call.cancelled or call.finished_inputs is not None:
+            state = "was cancelled" if call.cancelled else "has all its inputs"
+            raise GRPCError(Status.FAILED_PRECONDITION, f"Function call {call.call_id} {state}")
         accepted = []
         for item in items:
             record = InputRecord(new_id("in"), call.call_id, item.idx, item.input)
@@ -494,19 +497,36 @@ class ControlPlane:
             )
         return accepted
 
+    def finish_inputs(self, call: CallRecord, num_inputs: int) -> None:
+        """FunctionFinishInputs: the map call takes no more inputs; it had `num_inputs`."""
+        if num_inputs != len(call.inputs):
+            counted = f"has {len(call.inputs)} inputs, not {num_inputs}"
+            raise GRPCError(Status.INVALID_ARGUMENT, f"Function call {call.call_id} {counted}")
+        call.finished_inputs = num_inputs
+
     async def get_outputs(
         self, request: api_pb2.FunctionGetOutputsRequest
     ) -> api_pb2.FunctionGetOutputsResponse:
-        """Outputs in the requested index range, waiting up to request.timeout for one."""
+        """Outputs, waiting up to request.timeout for one: those in the index range, if the
+        request names one (`get(index=...)`); else those after `last_entry_id` in the call's
+        output stream, in order of completion (a map's output loop)."""
         call = self.call(request.function_call_id)
-        low, high = request.start_idx, max(request.end_idx, request.start_idx)
+        if request.HasField("start_idx") or request.HasField("end_idx"):
+            low, high = request.start_idx, max(request.end_idx, request.start_idx)
 
-        def ready() -> list[InputRecord]:
-            return [
-                record
-                for record in call.inputs
-                if low <= record.idx <= high and record.finished and not record.cleared
-            ]
+            def ready() -> list[InputRecord]:
+                return [
+                    record
+                    for record in call.inputs
+                    if low <= record.idx <= high and record.finished and not record.cleared
+                ]
+
+        else:
+            seen = int(request.last_entry_id.partition("-")[0] or 0)
+            end = seen + request.max_values if request.max_values else None
+
+            def ready() -> list[InputRecord]:
+                return call.outputs[seen:end]
 
         if request.timeout > 0 and not ready():
             condition = self._condition(call.call_id)
@@ -521,11 +541,14 @@ class ControlPlane:
                 assert record.output is not None
                 if record.output.result.status == Generic.GENERIC_STATUS_SUCCESS:
                     record.cleared = True
+        last_entry = max((record.entry for record in records), default=0)
+        if not request.HasField("start_idx"):
+            last_entry = max(last_entry, int(request.last_entry_id.partition("-")[0] or 0))
         return api_pb2.FunctionGetOutputsResponse(
             outputs=[record.output for record in records if record.output is not None],
             idxs=[record.idx for record in records],
             num_unfinished_inputs=call.unfinished,
-            last_entry_id="0-0",
+            last_entry_id=f"{last_entry}-0",
         )
 
     async def cancel(self, call_id: str) -> None:
@@ -537,6 +560,16 @@ class ControlPlane:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def terminate_input(self, input_id: str) -> None:
+        """End one input from outside, as when its container is terminated: it gets the
+        TERMINATED output a cancelled input gets, and its call's other inputs go on."""
+        record = self.inputs[input_id]
+        record.terminated = True
+        task = self._tasks.get(input_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     # ----- logs -----
 
@@ -630,7 +663,7 @@ class ControlPlane:
                 await self._finish(call, record, outcome)
                 return
         except asyncio.CancelledError:
-            if not call.cancelled:
+            if not (call.cancelled or record.terminated):
                 raise
             await self._finish_cancelled(call, record)
 
@@ -814,6 +847,7 @@ class ControlPlane:
     async def _finish(self, call: CallRecord, record: InputRecord, outcome: _Outcome) -> None:
         result, data_format = self._result(call, outcome)
         self._give_output(
+            call,
             record,
             "done",
             result,
@@ -831,15 +865,21 @@ class ControlPlane:
             status=Generic.GENERIC_STATUS_TERMINATED,
             exception=f"Input {record.input_id} was cancelled",
         )
-        self._give_output(record, "cancelled", terminated)
+        self._give_output(call, record, "cancelled", terminated)
         self.inputs_cancelled += 1
         await self._notify(call)
 
     @staticmethod
     def _give_output(
-        record: InputRecord, state: InputState, result: api_pb2.GenericResult, **fields: Any
+        call: CallRecord,
+        record: InputRecord,
+        state: InputState,
+        result: api_pb2.GenericResult,
+        **fields: Any,
     ) -> None:
         """The input's output, which FunctionGetOutputs hands out from now on."""
+        call.outputs.append(record)
+        record.entry = len(call.outputs)
         record.output = api_pb2.FunctionGetOutputsItem(
             result=result,
             idx=record.idx,

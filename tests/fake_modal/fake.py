@@ -153,6 +153,10 @@ class FakeModal(ControlPlane):
     ) -> None:
         self.stop()
 
+    def terminate(self, input_id: str) -> None:
+        """``terminate_input``, from the test's thread."""
+        self._run(self.terminate_input(input_id), timeout=30)
+
     def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)

@@ -195,6 +195,8 @@ class InputRecord:
     worker_pids: list[int] = dataclasses.field(default_factory=list)
     output: api_pb2.FunctionGetOutputsItem | None = None
     cleared: bool = False  # a sync call's output, removed once the client took it
+    entry: int = 0  # its output's place in the call's output stream (1, 2, ...), once it has one
+    terminated: bool = False  # ended from outside (its container terminated), not by its call
     logs: list[LogLine] = dataclasses.field(default_factory=list)  # all attempts', in order
 
     @property
@@ -220,6 +222,8 @@ class CallRecord:
     invocation_type: int
     inputs: list[InputRecord] = dataclasses.field(default_factory=list)
     cancelled: bool = False
+    outputs: list[InputRecord] = dataclasses.field(default_factory=list)  # in order of completion
+    finished_inputs: int | None = None  # FunctionFinishInputs' count: no inputs come after
 
     @property
     def unfinished(self) -> int:

@@ -361,6 +361,15 @@ class FakeModalServicer(api_grpc.ModalClientBase):
         accepted = self.control.put_inputs(call, request.inputs)
         await stream.send_message(api_pb2.FunctionPutInputsResponse(inputs=accepted))
 
+    async def FunctionFinishInputs(
+        self, stream: Stream[api_pb2.FunctionFinishInputsRequest, empty_pb2.Empty]
+    ) -> None:
+        """A map call has all its inputs."""
+        request = await stream.recv_message()
+        assert request is not None
+        self.control.finish_inputs(self.control.call(request.function_call_id), request.num_inputs)
+        await stream.send_message(empty_pb2.Empty())
+
     async def FunctionGetOutputs(
         self,
         stream: Stream[api_pb2.FunctionGetOutputsRequest, api_pb2.FunctionGetOutputsResponse],

@@ -325,6 +325,8 @@ class WorkerPool:
                 env=env,
                 pass_fds=(out_write,),
                 start_new_session=True,
+                # A container's working directory is its own, not the client's project.
+                cwd=self.env.get("TMPDIR"),
             )
         except BaseException:
             os.close(out_read)

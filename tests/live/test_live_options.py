@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 from helpers import LIVE_RUN_SECONDS, call_tags, final_line, live_executions
 
+from redun_modal_executor.calls import CallAddress
+
 pytestmark = [pytest.mark.live, pytest.mark.e2e]
 
 OPTIONS = """\
@@ -60,8 +62,9 @@ def test_bound_options_reach_the_container(live_app, live_project, run_id):
     assert live_executions(live_app, run_id) == {"bound": 1, "crashes_once": 2}
     # What the job wrote to the mounted Volume and committed is there for the client to read,
     # written by the call the job is tagged with.
-    (call_id,) = call_tags(live_project, "bound")
+    (address,) = call_tags(live_project, "bound")
     volume = modal.Volume.from_name(live_app.data_volume, environment_name=live_app.environment)
+    call_id = CallAddress.parse(address).call_id
     assert b"".join(volume.read_file(run_id)) == f"written by {call_id}".encode()
 
 

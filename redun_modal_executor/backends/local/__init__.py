@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from redun_modal_executor.backends.base import Backend, BackendRef, DetachedState, Volume
-from redun_modal_executor.backends.local.pool import WORKER_MODULE, WorkerPool, worker_environment
+from redun_modal_executor.backends.local.pool import WorkerPool, worker_environment
 from redun_modal_executor.backends.local.storage import DirectoryVolume, FileLock
+from redun_modal_executor.backends.local.template import WORKER_MODULE
 from redun_modal_executor.calls import Call
 from redun_modal_executor.config import (
     BucketMount,
@@ -67,12 +68,13 @@ class LocalBackend(Backend):
             max_workers=config.max_workers,
         )
 
-    def spawn(self, call: Call) -> None:
-        refused = _bucket_refused(call)
-        if refused is not None:
-            call.finish(refused)
-            return
-        self._pool.submit(call)
+    def spawn(self, calls: Sequence[Call]) -> None:
+        for call in calls:
+            refused = _bucket_refused(call)
+            if refused is not None:
+                call.finish(refused)
+            else:
+                self._pool.submit(call)
 
     def spawn_detached(self, call: Call) -> str:
         """A worker process of its own, in its own session, that outlives this one."""

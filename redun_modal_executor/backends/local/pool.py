@@ -1,12 +1,14 @@
 """The local backend's pool: the generic worker in separate Python processes.
 
-It behaves like Modal where it matters for testing workflows: every worker is a fresh
-interpreter that gets bytes and returns bytes, warm workers are reused across calls, a call
-that runs past its timeout (counted from when its worker was ready, as Modal counts from
-container start) has its worker killed, and stopping cancels what is in flight.
+It behaves like Modal where it matters for testing workflows: every worker is a process of
+its own, with none of the scheduler's state, that gets bytes and returns bytes; warm workers
+are reused across calls; a call that runs past its timeout (counted from when its worker was
+ready, as Modal counts from container start) has its worker killed; and stopping cancels what
+is in flight. Workers are forked from a template process that has done their imports once
+(see ``template``).
 
-One dispatcher thread owns all workers. It waits on their sockets and on a wake-up socket at
-once, so there is no thread per job or per worker.
+One dispatcher thread owns the template and all workers. It waits on their sockets and on a
+wake-up socket at once, so there is no thread per job or per worker.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,12 +23,13 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
+from redun_modal_executor.backends.local.template import Child, Template, WorkerEnv, describe_exit
 from redun_modal_executor.calls import Call
 from redun_modal_executor.errors import CallCancelledError, CallTimeoutError, WorkerDiedError
 
-WORKER_MODULE = "redun_modal_executor.backends.local.worker_main"
 _STOP_GRACE_SECONDS = 2.0  # For an idle worker to exit.
 _KILL_GRACE_SECONDS = 5.0  # For a stopped worker to exit on SIGTERM (a launch saves its db).
+_REPORT_SECONDS = 5.0  # For a ready template to report a fork or an exit.
 
 
 @dataclass
@@ -43,32 +45,24 @@ class _WorkItem:
         return self.call.options.timeout
 
     @property
-    def env(self) -> tuple[tuple[str, str], ...]:
+    def env(self) -> WorkerEnv:
         return self.call.options.env
 
 
 class _Worker:
-    """One worker process and the socket to it.
+    """One worker process, forked by the template, and the socket to it.
 
-    A new worker first sends an empty message once its imports are done; its call is
-    transmitted only then, so start-up does not count against the call's timeout. It is
-    started with the ``env`` task option of its first call, and takes only calls with the
-    same ``env`` (as on Modal, where each option set has containers of its own).
+    A new worker first sends an empty message; its call is transmitted only then, so start-up
+    (the template's included) does not count against the call's timeout. The template sets
+    the ``env`` task option of its first call in it before that, and it takes only calls with
+    the same ``env`` (as on Modal, where each option set has containers of its own).
     """
 
-    def __init__(self, base_env: dict[str, str], env: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, template: Template, env: WorkerEnv) -> None:
+        self.template = template
         self.env = env
-        ours, theirs = socket.socketpair()
-        with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env={**base_env, **dict(env)},
-                # Own process group: Ctrl-C reaches the scheduler, which cancels; and a
-                # timeout kill takes the task's own child processes with it.
-                start_new_session=True,
-            )
+        self.child: Child
+        self.child, ours = template.fork(env)
         self.connection = Connection(ours.detach())
         self.ready = False
         self.item: _WorkItem | None = None
@@ -93,37 +87,73 @@ class _Worker:
     def kill(self) -> None:
         """Stop the worker and whatever its task started: SIGTERM first, as Modal stops a
         container, so a launched scheduler can save its database; SIGKILL after a grace."""
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=_KILL_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
-        self._signal_group(signal.SIGKILL)  # Also the task's own children, if any linger.
+        if self._pid() is not None:
+            self._signal_group(signal.SIGTERM)
+            self._wait_exit(_KILL_GRACE_SECONDS)
+            self._signal_group(signal.SIGKILL)  # Also the task's own children, if any linger.
         self.connection.close()
-        self.process.wait()
+        self._wait_exit(_REPORT_SECONDS)
 
-    def _signal_group(self, signum: int) -> None:
-        try:
-            os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
+    def abandon(self) -> None:
+        """Kill the worker of a template that has ended, without waiting: nothing reaps it
+        for us now, and nothing would tell how it ended."""
+        self._signal_group(signal.SIGKILL)
+        self.connection.close()
 
     def close(self) -> None:
         """Ask an idle worker to exit (EOF on its socket); kill it if it lingers."""
         self.connection.close()
-        try:
-            self.process.wait(timeout=_STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
+        if not self._wait_exit(_STOP_GRACE_SECONDS):
             self.kill()
 
-    def describe_exit(self) -> str:
-        code = self.process.wait()
-        if code < 0:
-            return f"was killed by signal {signal.Signals(-code).name}"
-        return f"exited with status {code}"
+    def death(self, label: str) -> WorkerDiedError:
+        """What to tell of a worker whose socket closed before it returned a result."""
+        self._wait_exit(_REPORT_SECONDS)
+        if self.child.code is not None:
+            return WorkerDiedError(
+                f"{label}: the worker process {describe_exit(self.child.code)} before "
+                "returning a result (out of memory, a crash in native code, or os._exit in "
+                "the task)."
+            )
+        if self.child.failed is not None:
+            return WorkerDiedError(
+                f"{label}: could not start a worker process: {self.child.failed}."
+            )
+        if self.template.ended:
+            return WorkerDiedError(
+                f"{label}: the worker process ended before returning a result: its template "
+                f"process (pid {self.template.pid}) {self.template.describe_end()}."
+            )
+        return WorkerDiedError(
+            f"{label}: the worker process ended before returning a result (its template "
+            "process did not report how)."
+        )
+
+    def _pid(self) -> int | None:
+        """The worker's pid, once the template has answered; None if it never will."""
+        if self.template.withdraw(self.child):
+            return None  # The template is still starting: the worker never will.
+        self.template.wait_until(
+            lambda: self.child.pid is not None or self.child.failed is not None, _REPORT_SECONDS
+        )
+        return self.child.pid
+
+    def _wait_exit(self, timeout: float) -> bool:
+        child = self.child
+        if child.pid is None and child.failed is not None:
+            return True  # Never started.
+        return self.template.wait_until(lambda: child.code is not None, timeout)
+
+    def _signal_group(self, signum: int) -> None:
+        if self.child.pid is None or self.child.code is not None:
+            return  # Never started, or reaped: the pid may be another process's by now.
+        try:
+            os.killpg(self.child.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
-def worker_environment(extra: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+def worker_environment(extra: WorkerEnv = ()) -> dict[str, str]:
     """Workers import task modules from the same places this process does; ``extra`` (a
     call's ``env`` option) is set on top."""
     env = dict(os.environ)
@@ -147,6 +177,7 @@ class WorkerPool:
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_writer.setblocking(False)
         self._cancelled_at_stop = 0
+        self._template: Template | None = None  # The dispatcher thread's.
 
     # Called from any thread.
 
@@ -199,11 +230,21 @@ class WorkerPool:
                     if self._stopping:
                         break
                 self._assign(queued, idle, busy, env)
-                ready = wait([*busy, self._wake_reader], _next_deadline(busy))
+                template = self._template
+                if template is not None and template.ended:
+                    self._template = None
+                    _template_ended(template, queued, idle, busy)
+                    continue  # Its calls that had not begun go to a new one.
+                waiting: list = [*busy, self._wake_reader]
+                if template is not None:
+                    waiting.append(template)
+                ready = wait(waiting, _next_deadline(busy))
                 for connection in ready:
                     if connection is self._wake_reader:
                         self._wake_reader.recv(4096)
-                    else:
+                    elif connection is template:
+                        template.pump()
+                    elif connection in busy:
                         _collect(busy.pop(connection), idle, busy)
                 _expire(busy)
         finally:
@@ -219,7 +260,12 @@ class WorkerPool:
                     message = f"{worker.item.call.label}: cancelled mid-run"
                     worker.item.call.finish(CallCancelledError(message))
             for worker in idle:
+                worker.connection.close()  # All of them exit at once.
+            for worker in idle:
                 worker.close()
+            if self._template is not None:
+                self._template.close()
+                self._template = None
 
     def _assign(
         self,
@@ -229,14 +275,18 @@ class WorkerPool:
         env: dict[str, str],
     ) -> None:
         while queued and (idle or len(busy) < self.max_workers):
-            item = queued.popleft()
-            worker = _take_idle(idle, item.env)
+            if self._template is not None and self._template.ended:
+                return  # The dispatcher deals with its workers first.
+            worker = _take_idle(idle, queued[0].env)
             if worker is None and len(idle) + len(busy) >= self.max_workers:
-                # The idle workers have another env: stop one, so max_workers still holds.
+                # The idle workers have another env: stop one, so max_workers still holds
+                # (and look again: the template may have ended meanwhile).
                 idle.pop(0).close()
+                continue
+            item = queued.popleft()
             try:
                 if worker is None:
-                    worker = _Worker(env, item.env)
+                    worker = _Worker(self._template_for(env), item.env)
             except OSError as error:
                 message = f"{item.call.label}: could not start a worker process: {error}"
                 item.call.finish(WorkerDiedError(message))
@@ -250,8 +300,49 @@ class WorkerPool:
                 continue
             busy[worker.connection] = worker
 
+    def _template_for(self, env: dict[str, str]) -> Template:
+        """The template to fork a new worker from: started with the first worker needed."""
+        if self._template is None:
+            self._template = Template(env)
+        return self._template
 
-def _take_idle(idle: list[_Worker], env: tuple[tuple[str, str], ...]) -> _Worker | None:
+
+def _template_ended(
+    template: Template,
+    queued: deque[_WorkItem],
+    idle: list[_Worker],
+    busy: dict[Connection, _Worker],
+) -> None:
+    """Kill every worker of a template that has ended and fail their calls; calls that no
+    worker of a template that was ready had begun go back to the queue."""
+    how = template.describe_end()
+    for worker in idle:
+        worker.abandon()
+    idle.clear()
+    for worker in busy.values():
+        worker.abandon()
+        item = worker.item
+        assert item is not None
+        if template.ready and not worker.ready:
+            queued.appendleft(item)  # Its payload was never sent.
+        elif worker.ready:
+            item.call.finish(
+                WorkerDiedError(
+                    f"{item.call.label}: the worker process was stopped before returning a "
+                    f"result: its template process (pid {template.pid}) {how}."
+                )
+            )
+        else:
+            item.call.finish(
+                WorkerDiedError(
+                    f"{item.call.label}: could not start a worker process: the worker "
+                    f"template process (pid {template.pid}) {how} before it was ready."
+                )
+            )
+    busy.clear()
+
+
+def _take_idle(idle: list[_Worker], env: WorkerEnv) -> _Worker | None:
     """The most recently idle worker started with ``env``, taken out of ``idle``."""
     for index in range(len(idle) - 1, -1, -1):
         if idle[index].env == env:
@@ -271,13 +362,7 @@ def _collect(worker: _Worker, idle: list[_Worker], busy: dict[Connection, _Worke
             return
     except (EOFError, OSError):
         worker.connection.close()
-        item.call.finish(
-            WorkerDiedError(
-                f"{item.call.label}: the worker process {worker.describe_exit()} before "
-                "returning a result (out of memory, a crash in native code, or os._exit in "
-                "the task)."
-            )
-        )
+        item.call.finish(worker.death(item.call.label))
         return
     worker.item = None
     idle.append(worker)

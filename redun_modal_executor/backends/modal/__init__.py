@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from redun_modal_executor.backends.base import Backend, BackendRef, DetachedState, Volume
@@ -43,6 +43,7 @@ class ModalBackend(Backend):
     reattaches = True
     deploys = True
     remote = True
+    batches = True
 
     def __init__(self, ref: BackendRef) -> None:
         super().__init__(ref)
@@ -52,8 +53,8 @@ class ModalBackend(Backend):
     def ref_for(cls, config: ExecutorConfig) -> BackendRef:
         return BackendRef(config.backend, config.app_name, config.environment)
 
-    def spawn(self, call: Call) -> None:
-        self._calls.spawn(call)
+    def spawn(self, calls: Sequence[Call]) -> None:
+        self._calls.spawn(calls)
 
     def spawn_detached(self, call: Call) -> str:
         return self._calls.spawn_detached(call)
@@ -132,4 +133,4 @@ class ModalBackend(Backend):
         return f"Modal app {self.ref.app_name!r}, function {function_name(options.image)}"
 
     def job_tags(self) -> list[tuple[str, Any]]:
-        return [*super().job_tags(), ("modal_app", self.ref.app_name)]
+        return [("modal_app", self.ref.app_name)]

@@ -5,9 +5,12 @@ All Modal traffic of the calls happens on one asyncio loop (the modal client's o
 once, so the scheduler thread never waits on the network. Payloads are encoded again (for a
 resubmission) in a worker thread, never on the loop.
 
-Per call there is one ``FunctionMap`` (spawn) and one long-polled ``FunctionGetOutputs``
-(get); the function is looked up once per image and bound once per distinct option set
-(``with_options``), and the code package is uploaded once per run.
+New calls go out in batches (``batches``): the jobs with the same options share one map-type
+call. Where the client's map RPCs cannot be borrowed (an untested modal release), and for a
+call an earlier run left (reattaching), each job has its own call: one ``FunctionMap``
+(spawn) and one long-polled ``FunctionGetOutputs`` (get). The function is looked up once per
+image and bound once per distinct option set (``with_options``), and the code package is
+uploaded once per run.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import asyncio
 import functools
 import math
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from redun_modal_executor.backends.base import BackendRef
 from redun_modal_executor.backends.modal.app import code_dict_name, function_name
+from redun_modal_executor.backends.modal.batches import Batches
 from redun_modal_executor.backends.modal.client import access
 from redun_modal_executor.backends.modal.explain import (
     DEPLOY_HINT,
@@ -35,7 +39,7 @@ from redun_modal_executor.backends.modal.explain import (
     within_reach,
 )
 from redun_modal_executor.backends.modal.pollers import Pollers
-from redun_modal_executor.calls import Call
+from redun_modal_executor.calls import Call, CallAddress
 from redun_modal_executor.code_package import CodePackage
 from redun_modal_executor.config import PASSTHROUGH_MODAL_OPTIONS, CallOptions
 from redun_modal_executor.errors import (
@@ -99,13 +103,14 @@ class ModalCalls:
         self._bases: dict[str, asyncio.Future[Any]] = {}  # image -> its deployed function
         self._functions: dict[CallOptions, asyncio.Future[Any]] = {}  # bound variants
         self._items: dict[Call, _WorkItem] = {}
+        self._batches: Batches | None = None  # This run's, where calls can be batched.
         self._pollers = Pollers()
         self._code_upload: Future[None] | None = None
 
     # Called from any thread.
 
-    def spawn(self, call: Call) -> None:
-        self._running_loop().call_soon_threadsafe(self._start, call)
+    def spawn(self, calls: Sequence[Call]) -> None:
+        self._running_loop().call_soon_threadsafe(self._start_all, list(calls))
 
     def spawn_detached(self, call: Call) -> str:
         coroutine = self._spawn_detached(call)
@@ -130,7 +135,17 @@ class ModalCalls:
 
     # On the loop thread.
 
+    def _start_all(self, calls: list[Call]) -> None:
+        for call in calls:
+            self._start(call)
+
     def _start(self, call: Call) -> None:
+        if call.reattach_to is None:
+            if self._batches is None and (wire := access().map_wire()) is not None:
+                self._batches = Batches(wire, self._ready_function, self._connected)
+            if self._batches is not None:
+                self._batches.add(call)
+                return
         item = self._items[call] = _WorkItem(call)
         item.task = asyncio.get_running_loop().create_task(self._run(item))
 
@@ -160,7 +175,7 @@ class ModalCalls:
                 deadline = asyncio.get_running_loop().time() + UNREACHABLE_SECONDS
                 item.spawning = asyncio.ensure_future(through_transient_errors(spawn, deadline))
                 item.function_call = await asyncio.shield(item.spawning)
-                call.spawned(item.function_call.object_id)
+                call.spawned(CallAddress(item.function_call.object_id))
                 try:
                     outcome = await self._get(item.function_call)
                     break
@@ -200,16 +215,17 @@ class ModalCalls:
             raise await explain(error, call.label, call.options, None) from None
         return function_call.object_id
 
-    async def _reattach(self, item: _WorkItem, call_id: str) -> bytes | None:
-        """The result of a call spawned by an earlier client, or None if it cannot be had
-        (expired, cancelled, failed outside the task, unknown): then the job runs afresh."""
+    async def _reattach(self, item: _WorkItem, address: CallAddress) -> bytes | None:
+        """The result of a call (or an input of one) spawned by an earlier client, or None if
+        it cannot be had (expired, cancelled, failed outside the task, unknown): then the job
+        runs afresh."""
         import modal
 
-        item.function_call = modal.FunctionCall.from_id(call_id)  # stop() cancels it too.
-        item.call.reattached(call_id)
+        item.function_call = modal.FunctionCall.from_id(address.call_id)  # stop() cancels it.
+        item.call.reattached(address)
         try:
             await self._connected()  # The long-poll below cannot be bounded.
-            return await self._get(item.function_call)
+            return await self._get(item.function_call, address.index or 0)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -225,15 +241,17 @@ class ModalCalls:
             self._connecting = asyncio.ensure_future(within_reach(modal.Client.from_env.aio))
         return asyncio.shield(self._connecting)
 
-    async def _get(self, function_call: Any) -> Any:
-        """The call's result, long-polled over a connection with a stream to spare."""
+    async def _get(self, function_call: Any, index: int = 0) -> Any:
+        """The result of the call's input ``index``, long-polled over a connection with a
+        stream to spare."""
         import modal
 
         client = await self._pollers.acquire()
         try:
             if client is not None:
                 function_call = modal.FunctionCall.from_id(function_call.object_id, client=client)
-            return await through_transient_errors(access().get(function_call))
+            get = functools.partial(access().get(function_call), index=index)
+            return await through_transient_errors(get)
         finally:
             self._pollers.release(client)
 
@@ -316,9 +334,13 @@ class ModalCalls:
             ) from None
 
     async def _stop(self) -> int:
-        """Cancel every call, close the extra clients, forget the run; return how many calls
-        were cancelled on Modal."""
-        cancelled = await self._cancel_all()
+        """Cancel every call, close the extra clients, forget the run; return how many jobs'
+        calls were cancelled on Modal."""
+        deadline = asyncio.get_running_loop().time() + STOP_SECONDS
+        cancelled = await self._cancel_all(deadline)
+        if self._batches is not None:
+            cancelled += await self._batches.stop(deadline)
+            self._batches = None
         await self._pollers.close()
         # A restart looks up, binds and uploads afresh (a deploy may have happened meanwhile).
         self._connecting = None
@@ -328,9 +350,9 @@ class ModalCalls:
         self._code_upload = None
         return cancelled
 
-    async def _cancel_all(self) -> int:
-        """Cancel every call in flight on Modal, within ``STOP_SECONDS``; return how many."""
-        deadline = asyncio.get_running_loop().time() + STOP_SECONDS
+    async def _cancel_all(self, deadline: float) -> int:
+        """Cancel every unbatched call in flight on Modal, by ``deadline`` (loop time); return
+        how many."""
         items, self._items = list(self._items.values()), {}
         for item in items:
             if item.task is not None:

@@ -1,11 +1,13 @@
-"""The two private parts of the modal client this backend borrows, decided once.
+"""The private parts of the modal client this backend borrows, decided once.
 
 On the modal client's own event loop (its synchronizer's thread) each ``.aio`` call runs in
-place; from any other loop it hops threads, with two futures and a task per call. And the
+place; from any other loop it hops threads, with two futures and a task per call. The
 client's own ``get`` coroutine, awaited there, skips synchronicity's wrapping (about 5 KB per
-call in flight, and its CPU). Both are private: they are used only on the modal releases
-they were tested with, and where they are missing; elsewhere the public ``.aio`` API does the
-same work, a little slower, on a loop thread of this module's own.
+call in flight, and its CPU). And the RPCs of a map-type call (``MapWire``), which the public
+API makes only for a whole iterable at once, carry many jobs per request. All are private:
+they are used only on the modal releases they were tested with, and where they are missing;
+elsewhere the public ``.aio`` API does the same work with one call per job, a little slower,
+on a loop thread of this module's own.
 """
 
 from __future__ import annotations
@@ -35,6 +37,95 @@ def _borrowed_synchronizer() -> Any | None:
     return synchronizer
 
 
+class MapWire:
+    """The RPCs of an asynchronous map-type call, made as the client's ``spawn_map`` and
+    ``map`` make them (``modal/parallel_map.py``), on the client's loop."""
+
+    # Inputs per FunctionPutInputs: the client's own for spawn_map.
+    PUT_CHUNK = 512
+    # A long-poll for outputs waits this long on the server (the client's OUTPUTS_TIMEOUT).
+    POLL_SECONDS = 55.0
+
+    def __init__(self, synchronizer: Any) -> None:
+        self._synchronizer = synchronizer
+
+    def _stub(self, function: Any) -> Any:
+        return self._synchronizer._translate_in(function).client._stub
+
+    def _client(self, client: Any) -> Any:
+        return self._synchronizer._translate_in(client)
+
+    async def open(self, function: Any) -> str:
+        """A new map call of ``function`` (hydrated); its id."""
+        from modal_proto import api_pb2
+
+        request = api_pb2.FunctionMapRequest(
+            function_id=function.object_id,
+            function_call_type=api_pb2.FUNCTION_CALL_TYPE_MAP,
+            function_call_invocation_type=api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC,
+        )
+        response = await self._stub(function).FunctionMap(request)
+        return str(response.function_call_id)
+
+    async def make_input(self, function: Any, payload: bytes) -> Any:
+        """The input that calls ``function(payload)`` (its index is set when it is put); a
+        payload over Modal's inline limit is uploaded as a blob here."""
+        from modal._utils.function_utils import _create_input
+        from modal_proto import api_pb2
+
+        return await _create_input(
+            (payload,),
+            {},
+            self._stub(function),
+            function=self._synchronizer._translate_in(function),
+            function_call_invocation_type=api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC,
+        )
+
+    async def put(self, function: Any, call_id: str, inputs: list[Any]) -> dict[int, str]:
+        """Add ``inputs`` to the map call; their input ids, by index."""
+        from modal_proto import api_pb2
+
+        request = api_pb2.FunctionPutInputsRequest(
+            function_id=function.object_id, function_call_id=call_id, inputs=inputs
+        )
+        response = await self._stub(function).FunctionPutInputs(request)
+        return {item.idx: item.input_id for item in response.inputs}
+
+    async def finish(self, function: Any, call_id: str, count: int) -> None:
+        """Tell Modal the map call has all its inputs (``count``)."""
+        from modal_proto import api_pb2
+
+        request = api_pb2.FunctionFinishInputsRequest(
+            function_id=function.object_id, function_call_id=call_id, num_inputs=count
+        )
+        await self._stub(function).FunctionFinishInputs(request)
+
+    async def outputs(self, client: Any, call_id: str, last_entry_id: str) -> Any:
+        """The outputs after ``last_entry_id`` in order of completion, long-polled:
+        a ``FunctionGetOutputsResponse``."""
+        import time
+
+        from modal._utils.grpc_utils import Retry
+        from modal_proto import api_pb2
+
+        request = api_pb2.FunctionGetOutputsRequest(
+            function_call_id=call_id,
+            timeout=self.POLL_SECONDS,
+            last_entry_id=last_entry_id,
+            clear_on_success=False,  # Kept for a restarted run to reattach to.
+            requested_at=time.time(),
+        )
+        retry = Retry(attempt_timeout=self.POLL_SECONDS + 5.0)
+        return await self._client(client)._stub.FunctionGetOutputs(request, retry=retry)
+
+    async def result(self, client: Any, output: Any) -> Any:
+        """One output's value, or the exception its input ended with (raised)."""
+        from modal._utils.function_utils import _process_result
+
+        impl = self._client(client)
+        return await _process_result(output.result, output.data_format, impl._stub, impl)
+
+
 class ClientAccess:
     """The loop to run on and the ``get`` to await, from the one decision above."""
 
@@ -46,6 +137,10 @@ class ClientAccess:
     @property
     def borrows(self) -> bool:
         return self._synchronizer is not None
+
+    def map_wire(self) -> MapWire | None:
+        """The map-call RPCs, where they may be borrowed; else None (one call per job)."""
+        return MapWire(self._synchronizer) if self._synchronizer is not None else None
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop the backend's coroutines run on (started if need be)."""

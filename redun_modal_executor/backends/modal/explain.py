@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from redun_modal_executor.calls import CallAddress
 from redun_modal_executor.config import CallOptions
 from redun_modal_executor.errors import (
     AppNotDeployedError,
@@ -30,6 +31,7 @@ TRANSIENT_BACKOFF_SECONDS = 0.5
 UNREACHABLE_SECONDS = 20.0
 REACH_HINT = "check the network, MODAL_SERVER_URL, proxy settings"
 LOG_TAIL_ENTRIES = 50
+BATCH_LOG_TAIL_ENTRIES = 2000  # A batch's newest lines, searched for one input's.
 LOG_TAIL_SECONDS = 5.0
 DEPLOY_HINT = "run `redun-modal deploy` (once, and after changing images or dependencies)"
 TOKEN_HINT = "run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
@@ -86,12 +88,22 @@ def commands_errors() -> Iterator[None]:
         raise lost from None
 
 
-async def explain(error: Exception, label: str, options: CallOptions, call: Any) -> BaseException:
-    """The exception a job fails with for ``error`` (``call``: its FunctionCall, if spawned),
-    with the tail of the call's Modal log as ``logs``."""
+async def explain(
+    error: Exception,
+    label: str,
+    options: CallOptions,
+    call: Any,
+    address: CallAddress | None = None,
+    input_id: str | None = None,
+) -> BaseException:
+    """The exception a job fails with for ``error`` (``call``: its FunctionCall, if spawned;
+    ``address`` and ``input_id``: its input, in a batch), with the tail of its Modal log as
+    ``logs``."""
     import modal.exception
 
     call_id = getattr(call, "object_id", None)
+    if address is not None:
+        call_id = address.words()
     lost = unreachable(error)
     if lost is not None:
         return ModalUnreachableError(f"{label}: {lost}{f' [call {call_id}]' if call_id else ''}")
@@ -114,19 +126,24 @@ async def explain(error: Exception, label: str, options: CallOptions, call: Any)
         kind = "" if isinstance(error, modal.exception.RemoteError) else type(error).__name__
         what = f"Modal call {call_id} failed" if call_id else "the Modal call could not be spawned"
         explained = RemoteCallError(f"{label}: {what}: {kind + ': ' if kind else ''}{error}")
-    explained.logs = await log_tail(call)  # type: ignore[attr-defined]
+    explained.logs = await log_tail(call, input_id)  # type: ignore[attr-defined]
     return explained
 
 
-async def log_tail(call: Any) -> list[str]:
-    """The last lines of a failed call's Modal log; empty if they cannot be had quickly."""
+async def log_tail(call: Any, input_id: str | None = None) -> list[str]:
+    """The last lines of a failed call's Modal log (of one of its inputs, if ``input_id``);
+    empty if they cannot be had quickly."""
     if call is None:
         return []
     lines: list[str] = []
+    # Modal filters logs by call, not input: an input's lines are found among the call's.
+    entries = LOG_TAIL_ENTRIES if input_id is None else BATCH_LOG_TAIL_ENTRIES
 
     async def read() -> None:
-        async for entry in call.logs.tail.aio(entries=LOG_TAIL_ENTRIES):
-            lines.append(entry.message.rstrip("\n") + "\n")
+        async for entry in call.logs.tail.aio(entries=entries):
+            if input_id is None or input_id in entry.context_ids:
+                lines.append(entry.message.rstrip("\n") + "\n")
+        del lines[:-LOG_TAIL_ENTRIES]
 
     try:
         await asyncio.wait_for(read(), LOG_TAIL_SECONDS)
