@@ -5,7 +5,7 @@ imports nothing: ``ModalExecutor`` is loaded on first access.
 """
 
 __version__ = "0.1.0"
-__all__ = ["ModalExecutor", "__version__"]
+__all__ = ["BucketMount", "ModalExecutor", "VolumeMount", "__version__"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from redun_modal_executor.executor import ModalExecutor
 
         return ModalExecutor
+    if name in ("BucketMount", "VolumeMount"):  # The values of the `volumes` task option.
+        from redun_modal_executor.config import mounts
+
+        return getattr(mounts, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

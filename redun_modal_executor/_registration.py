@@ -8,6 +8,8 @@ imports nothing. When ``redun.executors.base`` is about to be imported, the trig
 ``find_spec`` here, which wraps that module's loader so that the registration runs right after
 the module body. The registration names the class by path, so even then nothing of this
 package's executor (or of modal) is imported until a config actually uses ``type = modal``.
+It also registers the ``modalvol://`` file system (``files.filesystem``), which imports redun's
+file module and this package's configuration, but not modal.
 """
 
 from importlib.machinery import ModuleSpec, PathFinder
@@ -17,9 +19,13 @@ EXECUTOR_CLASS_PATH = "redun_modal_executor.executor.ModalExecutor"
 
 
 def register(registry_module) -> None:
-    """Add the ``modal`` type to redun's executor registry unless it is there already."""
+    """Add the ``modal`` type to redun's executor registry unless it is there already, and
+    the ``modalvol`` scheme to redun's file systems."""
     if registry_module.get_executor_class(EXECUTOR_TYPE, required=False) is None:
         registry_module.register_executor(EXECUTOR_TYPE, EXECUTOR_CLASS_PATH)
+    from redun_modal_executor.files.filesystem import register as register_filesystem
+
+    register_filesystem()
 
 
 class _RegisteringLoader:

@@ -26,6 +26,7 @@ __all__ = [
     "TaskExitError",
     "TaskOptionError",
     "VersionSkewError",
+    "VolumeFileError",
     "WorkerDiedError",
     "WorkerStopped",
     "as_exception",
@@ -119,6 +120,11 @@ class TaskExitError(Exception):
 
 class WorkerStopped(KeyboardInterrupt):
     """The worker was told to stop (SIGTERM) while a launch ran: it ends the worker."""
+
+
+class VolumeFileError(RuntimeError):
+    """A ``modalvol://`` File that cannot be reached as asked: its Volume does not exist, its
+    path leads outside the Volume, or the Volume is mounted read-only where it is written."""
 
 
 class ModalUnreachableError(RemoteCallError):

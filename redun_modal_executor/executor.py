@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
-from redun_modal_executor.backends import Backend, create_backend
+from redun_modal_executor.backends import Backend, BackendRef, backend_class, create_backend
 from redun_modal_executor.calls import Burst, Call, CallAddress, Reports
 from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
@@ -30,10 +30,14 @@ from redun_modal_executor.errors import (
     PayloadError,
     RemoteCallError,
     SerializationError,
+    VolumeFileError,
     as_exception,
     is_retriable,
     recordable,
 )
+from redun_modal_executor.files.binding import volume_backend
+from redun_modal_executor.files.call_volumes import call_access
+from redun_modal_executor.files.stores import forget_listings
 from redun_modal_executor.inflight import InflightCalls, open_inflight_calls
 from redun_modal_executor.launch.spec import LaunchSpec
 from redun_modal_executor.launch.submit import (
@@ -99,6 +103,22 @@ class ModalExecutor(Executor):
         self._jobs: dict[Call, _Job] = {}  # Calls in flight, and their jobs.
         self._reports = Reports()
         self._progress = Progress(self.config.progress_interval)
+        self._volume_files: BackendRef | None = None  # Resolved on first use.
+
+    def volume_files_backend(self) -> BackendRef | None:
+        """The backend that serves ``modalvol://`` Files to this executor's scheduler, unless
+        ``volume_files = false`` (see ``files.binding``)."""
+        if self.config.volume_files and self._volume_files is None:
+            self._volume_files = backend_class(self.config.backend).ref_for(self.config)
+        return self._volume_files
+
+    def _volumes_of(self) -> BackendRef | None:
+        """The backend whose Volumes this scheduler's ``modalvol://`` Files name, if one does
+        (sections that disagree leave each call to its own backend's)."""
+        try:
+            return volume_backend(self._scheduler.executors.values() if self._scheduler else [])
+        except VolumeFileError:
+            return None
 
     def supports_async(self) -> bool:
         return True
@@ -149,12 +169,15 @@ class ModalExecutor(Executor):
         if kind == CallKind.LAUNCH:
             launch = build_launch(self.config, backend)
             options = launch_options(options, self.config, backend, launch, job_options)
+        assert job.args is not None
+        args, kwargs = job.args
+        options, volumes = call_access(
+            options, [args, kwargs], backend, self._volumes_of(), self.config.volume_files_mount
+        )
 
         def encode() -> bytes:
-            assert job.args is not None
-            args, kwargs = job.args
             return encode_call(
-                job.task, args, kwargs, kind, job.id, job.eval_hash or "", code, launch
+                job.task, args, kwargs, kind, job.id, job.eval_hash or "", code, launch, volumes
             )
 
         label = f"Task {job.task.fullname}"
@@ -321,6 +344,7 @@ class ModalExecutor(Executor):
 
     def _finished(self, entry: _Job, call: Call) -> None:
         """A call has finished, failed or was cancelled: tell redun, or run it again."""
+        forget_listings()  # The job may have written to Volumes that the client listed.
         with self._lock:
             known = self._jobs.pop(call, None) is not None
             backend = self._backend

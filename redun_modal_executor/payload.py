@@ -35,6 +35,7 @@ from redun_modal_executor.errors import (
     VersionSkewError,
     qualified_type_name,
 )
+from redun_modal_executor.files.call_volumes import VolumeAccess
 from redun_modal_executor.launch.spec import LaunchSpec
 
 FORMAT_VERSION = 1
@@ -124,16 +125,18 @@ class CallHeader:
     eval_hash: str = ""
     code: CodeReference | None = None
     launch: LaunchSpec | None = None  # Only for a LAUNCH call.
+    volumes: VolumeAccess | None = None  # How the call reaches modalvol:// Files.
     versions: dict[str, str] = field(default_factory=runtime_versions)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CallHeader:
-        code, launch = data.get("code"), data.get("launch")
+        code, launch, volumes = data.get("code"), data.get("launch"), data.get("volumes")
         return cls(
             **{
                 **data,
                 "code": None if code is None else CodeReference.from_json(code),
                 "launch": None if launch is None else LaunchSpec.from_json(launch),
+                "volumes": None if volumes is None else VolumeAccess.from_json(volumes),
             }
         )
 
@@ -168,6 +171,7 @@ def encode_call(
     eval_hash: str = "",
     code: CodeReference | None = None,
     launch: LaunchSpec | None = None,
+    volumes: VolumeAccess | None = None,
 ) -> bytes:
     """Serialize one job's call. Raises ``SerializationError`` naming the bad argument."""
     by_value = ships_by_value(task)
@@ -181,6 +185,7 @@ def encode_call(
         eval_hash=eval_hash,
         code=code,
         launch=launch,
+        volumes=volumes,
     )
     function = task.func if by_value else None
     try:

@@ -16,7 +16,9 @@ def where_tags(backend: Backend, options: CallOptions) -> Tags:
     """The backend's tags, and the options a job was given that redun does not record."""
     tags = backend.job_tags()
     for name, value in options.set_options().items():
-        if name in ("volumes", "env"):
+        if name == "volumes":
+            value = {path: mount.shown() for path, mount in value}
+        elif name == "env":
             value = dict(value)
         elif isinstance(value, tuple):
             value = list(value)

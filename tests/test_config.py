@@ -9,6 +9,7 @@ from redun_modal_executor.config import (
     ExecutorConfig,
     ImageSpec,
     TaskOptionError,
+    VolumeMount,
     resolve_call_options,
 )
 
@@ -67,7 +68,7 @@ def test_parses_strings_from_redun_ini():
         gpu="A10G",
         memory=2048,
         secrets=("hf-token", "aws"),
-        volumes=(("/data", "reads"), ("/ref", "genomes")),
+        volumes=(("/data", VolumeMount("reads")), ("/ref", VolumeMount("genomes"))),
         buffer_containers=2,
         scaledown_window=300,
         env=(("EMPTY", ""), ("GREETING", "hello, world"), ("MODE", "fast")),
@@ -220,12 +221,14 @@ def test_call_options_are_hashable_and_list_what_is_set():
         "wf.t", {"gpu": "T4", "volumes": {"/b": "y", "/a": "x"}, "secrets": ["s"]}, config
     )
     assert hash(options) == hash(
-        CallOptions(gpu="T4", volumes=(("/a", "x"), ("/b", "y")), secrets=("s",))
+        CallOptions(
+            gpu="T4", volumes=(("/a", VolumeMount("x")), ("/b", VolumeMount("y"))), secrets=("s",)
+        )
     )
     assert options.set_options() == {
         "gpu": "T4",
         "secrets": ("s",),
-        "volumes": (("/a", "x"), ("/b", "y")),
+        "volumes": (("/a", VolumeMount("x")), ("/b", VolumeMount("y"))),
     }
 
 

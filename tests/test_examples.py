@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import final_line, launch, redun_modal
+from helpers import final_line, launch, ran, redun_modal
 
 pytestmark = pytest.mark.e2e
 
@@ -60,3 +60,23 @@ def test_remote_scheduler_launch(example_project):
     assert ast.literal_eval(status.splitlines()[1]) == {"mean": 3.625, "max": 8.2}
     redun_modal(example_project, "pull")
     assert "launch.py main" in example_project.redun("log").stdout
+
+
+def test_volume_tables_are_served_from_the_cache_on_the_second_run(example_project):
+    shutil.copy(ROOT / "examples" / "volume_tables.py", example_project.root / "volume_tables.py")
+    command = ("run", "volume_tables.py", "main", "--shards", "3")
+    first = example_project.redun(*command).stdout
+    means = ast.literal_eval(final_line(first))
+    assert means == {"g0": 499.5, "g1": 499.5, "g2": 499.5}
+    steps = [f"examples.volume_tables.{name}" for name in ("write_shard", "aggregate", "main")]
+    assert [ran(first, step) for step in steps] == [3, 1, 1]
+    tables = example_project.root / ".redun" / "modal-local" / "volumes" / "redun-examples"
+    assert sorted(path.name for path in (tables / "tables").iterdir()) == [
+        "shard-0.parquet",
+        "shard-1.parquet",
+        "shard-2.parquet",
+        "summary.parquet",
+    ]
+    again = example_project.redun(*command).stdout
+    assert ast.literal_eval(final_line(again)) == means
+    assert [ran(again, step) for step in steps] == [0, 0, 0]

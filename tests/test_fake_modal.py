@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
@@ -373,3 +374,60 @@ def test_logs_are_kept_per_input_and_attempt(fake_modal: FakeModal) -> None:
     assert len(entries) == 5
     first_task, second_task = (f"ta-{pid}" for pid in record.worker_pids)
     assert [entry.context_ids[1] for entry in entries] == [first_task] * 3 + [second_task] * 2
+
+
+# ----- Volumes: the API's file operations, and what each container sees -----
+
+
+def test_volume_api_lists_reads_writes_removes_and_copies_files(fake_modal: FakeModal) -> None:
+    fake_modal.register_volume("files")
+    volume = modal.Volume.from_name("files")
+    big = os.urandom(5 * 1024 * 1024)  # Above the client's 4 MiB: uploaded as a blob.
+    with volume.batch_upload() as batch:
+        batch.put_file(io.BytesIO(b"small"), "/dir/small.txt")
+        batch.put_file(io.BytesIO(big), "/dir/sub/big.bin")
+    assert fake_modal.rpc_counts["BlobCreate"] == 1
+    listed = {entry.path: entry for entry in volume.listdir("/dir", recursive=True)}
+    assert set(listed) == {"dir/small.txt", "dir/sub", "dir/sub/big.bin"}
+    small = listed["dir/small.txt"]
+    on_disk = (fake_modal.volume_dir("files") / "dir" / "small.txt").stat()
+    assert (small.size, small.mtime) == (5, int(on_disk.st_mtime))
+    assert [entry.path for entry in volume.listdir("/dir")] == ["dir/small.txt", "dir/sub"]
+    assert b"".join(volume.read_file("/dir/sub/big.bin")) == big
+    with pytest.raises(FileExistsError), volume.batch_upload() as batch:
+        batch.put_file(io.BytesIO(b"again"), "/dir/small.txt")
+    volume.copy_files(["/dir/small.txt"], "/copy.txt")
+    assert b"".join(volume.read_file("/copy.txt")) == b"small"
+    volume.remove_file("/dir", recursive=True)
+    assert [entry.path for entry in volume.listdir("/")] == ["copy.txt"]
+    with pytest.raises(FileNotFoundError):
+        volume.remove_file("/dir/small.txt")
+    with pytest.raises(FileNotFoundError):
+        b"".join(volume.read_file("/dir/small.txt"))
+
+
+def test_a_container_sees_another_s_writes_once_committed_and_reloaded(
+    fake_modal: FakeModal, tmp_path: Path
+) -> None:
+    deploy(fake_modal, "volume_steps")
+    fake_modal.register_volume("shared")
+    mount, go_on = str(tmp_path / "mnt"), str(tmp_path / "go-on")
+    function = modal.Function.from_name("my-app", "volume_steps").with_options(
+        volumes={mount: modal.Volume.from_name("shared")}
+    )
+    # A writes x and waits; B, in another container meanwhile, cannot see x (not committed).
+    first = function.spawn(
+        "shared",
+        mount,
+        [["write", "x", "A"], ["wait", go_on], ["read", "y"], ["reload"], ["read", "y"]],
+    )
+    fake_modal.wait_until(lambda: fake_modal.running == 1)
+    steps = [["read", "x"], ["write", "y", "B"], ["commit"], ["read", "y"]]
+    assert function.spawn("shared", mount, steps).get(timeout=30) == [None, "B"]
+    api = modal.Volume.from_name("shared")
+    assert [entry.path for entry in api.listdir("/")] == ["y"]  # committed: y, not x
+    Path(go_on).touch()
+    # A sees y only once it reloads; its reload commits x first.
+    assert first.get(timeout=30) == [None, "B"]
+    assert sorted(entry.path for entry in api.listdir("/")) == ["x", "y"]
+    assert len({pid for record in fake_modal.inputs.values() for pid in record.worker_pids}) == 2

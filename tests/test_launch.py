@@ -34,7 +34,7 @@ from redun.backends.db import Execution
 from redun_modal_executor.backends import create_backend
 from redun_modal_executor.backends.local.storage import FileLock
 from redun_modal_executor.backends.modal.storage import DictLock
-from redun_modal_executor.config import CallOptions, ExecutorConfig
+from redun_modal_executor.config import CallOptions, ExecutorConfig, VolumeMount
 from redun_modal_executor.errors import DatabaseBusyError, LaunchError
 from redun_modal_executor.launch.lock import Holder
 from redun_modal_executor.launch.scheduler import _set_db_uri, run_launch
@@ -209,7 +209,9 @@ def test_database_spec_follows_the_projects_db_uri(tmp_path):
     assert volume is not None and volume.volume == "redun-modal-executor-scheduler"
     assert volume.backend == backend.ref and volume.mount == "/redun-scheduler"
     options = launch_options(CallOptions(timeout=60), config, backend, launch_spec(volume), {})
-    assert options.volumes == (("/redun-scheduler", "redun-modal-executor-scheduler"),)
+    assert options.volumes == (
+        ("/redun-scheduler", VolumeMount("redun-modal-executor-scheduler")),
+    )
     assert options.timeout == 86400  # The executor's timeout is its jobs'; not a launch's.
     given = launch_options(
         CallOptions(timeout=60), config, backend, launch_spec(volume), {"timeout": 60}

@@ -13,7 +13,12 @@ import redun
 from redun_modal_executor import cli
 from redun_modal_executor.backends.modal import app as modal_app
 from redun_modal_executor.backends.modal.calls import modal_options
-from redun_modal_executor.config import CallOptions, ExecutorConfig, resolve_call_options
+from redun_modal_executor.config import (
+    CallOptions,
+    ExecutorConfig,
+    VolumeMount,
+    resolve_call_options,
+)
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -81,7 +86,7 @@ def test_with_options_takes_every_argument_modal_options_gives():
         buffer_containers=1,
         scaledown_window=30,
         secrets=("s",),
-        volumes=(("/d", "v"),),
+        volumes=(("/d", VolumeMount("v")),),
         env=(("A", "1"),),
     )
     with (

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from redun_modal_executor.calls import Call
     from redun_modal_executor.code_package import CodePackage
     from redun_modal_executor.config import CallOptions, ExecutorConfig
+    from redun_modal_executor.files.stores import VolumeStore
     from redun_modal_executor.launch.lock import DatabaseLock
 
 
@@ -138,6 +139,12 @@ class Backend(ABC):
     @abstractmethod
     def volume(self, name: str, mount: str) -> Volume:
         """The volume ``name``, seen at ``mount`` where this backend mounts volumes."""
+
+    @classmethod
+    @abstractmethod
+    def volume_store(cls, ref: BackendRef) -> VolumeStore:
+        """Where ``modalvol://`` Files are reached, on the client and wherever a call has not
+        mounted their Volume."""
 
     @abstractmethod
     def database_lock(self, volume: Volume, file: str) -> DatabaseLock:

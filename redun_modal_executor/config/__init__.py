@@ -8,6 +8,7 @@ derived from those fields.
 """
 
 from redun_modal_executor.config.fields import Setting
+from redun_modal_executor.config.mounts import BucketMount, Mount, VolumeMount
 from redun_modal_executor.config.parsers import (
     GPU_TYPES,
     MAX_GPUS_PER_CONTAINER,
@@ -40,6 +41,9 @@ TaskOptionError.__module__ = __name__
 
 __all__ = [
     "BACKENDS",
+    "BucketMount",
+    "Mount",
+    "VolumeMount",
     "DEFAULT_APP_NAME",
     "DEFAULT_IMAGE",
     "EXECUTOR_SETTINGS",

@@ -171,25 +171,15 @@ def requirements(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
-def volumes(value: Any) -> tuple[tuple[str, str], ...]:
-    """``{"/path": "volume-name"}``, or ``/path=volume-name, ...`` in redun.ini."""
-    if isinstance(value, str):
-        pairs = []
-        for item in value.replace(",", " ").split():
-            path, equals, name = item.partition("=")
-            if not equals or not name:
-                raise ValueError(f"must be written /mount/path=volume-name; got {item!r}")
-            pairs.append((path, name))
-    elif isinstance(value, Mapping):
-        pairs = list(value.items())
-    else:
-        raise ValueError(f"must map mount paths to volume names; got {value!r}")
-    for path, name in pairs:
-        if not (isinstance(path, str) and path.startswith("/")):
-            raise ValueError(f"needs absolute mount paths; got {path!r}")
-        if not (isinstance(name, str) and name):
-            raise ValueError(f"needs a volume name for {path!r}")
-    return tuple(sorted(pairs))
+def split_pairs(items: list[str], written: str) -> list[tuple[str, str]]:
+    """``key=value`` items of an ini value, as pairs; ValueError unless each is so written."""
+    pairs = []
+    for item in items:
+        key, equals, text = item.partition("=")
+        if not equals:
+            raise ValueError(f"must be written {written}; got {item!r}")
+        pairs.append((key, text))
+    return pairs
 
 
 def env_vars(value: Any) -> tuple[tuple[str, str], ...]:
@@ -206,12 +196,7 @@ def env_vars(value: Any) -> tuple[tuple[str, str], ...]:
                 f"must be written NAME=value, quoted as in a shell ({str(error).lower()}); "
                 f"got {value!r}"
             ) from None
-        pairs = []
-        for item in items:
-            name, equals, text = item.partition("=")
-            if not equals:
-                raise ValueError(f"must be written NAME=value; got {item!r}")
-            pairs.append((name, text))
+        pairs = split_pairs(items, "NAME=value")
     elif isinstance(value, Mapping):
         pairs = list(value.items())
     else:

@@ -190,6 +190,20 @@ class ExecutorConfig:
         "directories) and detached launches (their output and result).",
         shown="``modal-local`` in the redun config directory",
     )
+    volume_files: bool = setting(
+        True,
+        parsers.flag,
+        "Serve ``modalvol://<volume>/<path>`` Files in the scheduler through this section's "
+        "backend: the local backend's volume directories, or Modal's Volume API in "
+        "``environment``. Set it to false in all but one of several sections whose backends "
+        "differ.",
+    )
+    volume_files_mount: str = setting(
+        "/modalvol",
+        parsers.mount_path,
+        "Where a job's container mounts each Volume that its ``modalvol://`` arguments name "
+        "and its task does not mount: at ``<volume_files_mount>/<volume>``.",
+    )
     # The task options set in the section: the defaults of this executor's tasks.
     task_defaults: Mapping[str, Any] = settings_from(CallOptions, dict, task_options=True)
 

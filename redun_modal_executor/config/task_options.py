@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from redun_modal_executor.config import parsers
+from redun_modal_executor.config import mounts, parsers
 from redun_modal_executor.config.fields import setting, settings_of
+from redun_modal_executor.config.mounts import Mount
 from redun_modal_executor.config.parsers import did_you_mean
 
 if TYPE_CHECKING:
@@ -79,11 +80,16 @@ class CallOptions:
         parsers.words,
         "Names of Modal Secrets whose values the job's container gets as environment variables.",
     )
-    volumes: tuple[tuple[str, str], ...] = setting(
+    volumes: tuple[tuple[str, Mount], ...] = setting(
         (),
-        parsers.volumes,
-        "Modal Volumes to mount: ``{'/data': 'my-volume'}`` in a task, "
-        "``/data=my-volume`` in redun.ini.",
+        mounts.volumes,
+        "Modal Volumes and cloud buckets to mount: ``{'/data': 'my-volume'}`` in a task, "
+        "``/data=my-volume`` in redun.ini. A Volume may be mounted read-only "
+        "(``{'volume': 'ref', 'read_only': True}``, ``/ref=ref?read_only=true``); a bucket "
+        "is a dict with ``bucket``, ``key_prefix``, ``endpoint_url``, ``secret`` and "
+        "``read_only``, or a URL in redun.ini: ``/raw=s3://my-bucket/raw/?secret=aws-creds"
+        "&read_only=true`` (``gs://bucket/``, ``r2://<account id>/bucket/`` for GCS and R2). "
+        "The local backend runs no job that mounts a bucket.",
     )
     image: str = setting(
         DEFAULT_IMAGE,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from redun_modal_executor.backends import Backend
-from redun_modal_executor.config import CallOptions, ExecutorConfig, redun_config_dir
+from redun_modal_executor.config import CallOptions, ExecutorConfig, VolumeMount, redun_config_dir
 from redun_modal_executor.errors import DatabaseBusyError, LaunchError
 from redun_modal_executor.launch.lock import busy_message
 from redun_modal_executor.launch.spec import DatabaseSpec, LaunchSpec
@@ -118,7 +118,8 @@ def launch_options(
     database = launch.database
     volumes = options.volumes
     if database is not None and backend.remote:  # Mounted, so that the call can see it.
-        volumes = tuple(sorted({*volumes, (database.mount, database.volume)}))
+        mount = (database.mount, VolumeMount(database.volume))
+        volumes = tuple(sorted({*volumes, mount}, key=lambda pair: pair[0]))
     secrets = tuple(dict.fromkeys((*options.secrets, *config.scheduler_secrets)))
     timeout = options.timeout if "timeout" in job_options else config.scheduler_timeout
     return dataclasses.replace(options, volumes=volumes, secrets=secrets, timeout=timeout)

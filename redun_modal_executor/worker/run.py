@@ -12,13 +12,14 @@ import inspect
 import sys
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, TextIO
 
 import redun.executors.base
 
 from redun_modal_executor._registration import register
 from redun_modal_executor.errors import WorkerStopped, as_exception
+from redun_modal_executor.files.call_volumes import in_call
 from redun_modal_executor.payload import (
     CallKind,
     DecodedCall,
@@ -41,18 +42,24 @@ def run_call(payload: bytes) -> bytes:
     task_name = "<unknown task>"
     value: Any = None
     error: BaseException | None = None
-    with capture_output_tail() as tail:
-        try:
-            call = decode_call(payload)
-            task_name = call.header.task
-            value = _execute(call)
-        except WorkerStopped:
-            raise  # Not the task's outcome: the worker is stopping.
-        except BaseException as caught:  # sys.exit() in a task fails the job, not the worker.
-            error = as_exception(caught, task_name)
-    if error is not None:
-        return encode_failure(error, list(tail))
-    return encode_success(value, task_name, list(tail))
+    # The call's Volumes serve its modalvol:// Files until the result is encoded, which
+    # hashes the Files in it.
+    with ExitStack() as volumes_in_use:
+        with capture_output_tail() as tail:
+            try:
+                call = decode_call(payload)
+                task_name = call.header.task
+                volumes = volumes_in_use.enter_context(in_call(task_name, call.header.volumes))
+                value = _execute(call)
+                if volumes is not None:
+                    volumes.commit()  # What the task wrote, for the next containers.
+            except WorkerStopped:
+                raise  # Not the task's outcome: the worker is stopping.
+            except BaseException as caught:  # sys.exit() in a task fails the job, not the worker.
+                error = as_exception(caught, task_name)
+        if error is not None:
+            return encode_failure(error, list(tail))
+        return encode_success(value, task_name, list(tail))
 
 
 def _execute(call: DecodedCall) -> Any:

@@ -115,6 +115,15 @@ def _with_environment(environment: dict[str, str], request: dict[str, Any]) -> d
                 os.environ[name] = value
 
 
+def _mount(views: dict[int, str]) -> list[int]:
+    """Hold each view open under its mount path's descriptor (see volumes.py)."""
+    for fd, path in views.items():
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        os.dup2(descriptor, fd)
+        os.close(descriptor)
+    return list(views)
+
+
 def main() -> None:
     """Serve requests until stdin closes."""
     requests = os.fdopen(os.dup(0), "rb")
@@ -129,7 +138,10 @@ def main() -> None:
     else:
         os.dup2(2, 1)
     while (request := _read(requests)) is not None:
+        mounted = _mount(request.get("mounts", {}))
         reply = _with_environment(request.get("env", {}), request)
+        for fd in mounted:
+            os.close(fd)
         _mark_end_of_input()
         _write(replies, reply)
 

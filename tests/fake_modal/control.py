@@ -39,6 +39,7 @@ from .records import (
     LogSource,
     Variant,
 )
+from .volumes import Volumes
 from .workers import Stream, Worker, WorkerDied, WorkerPool
 
 Generic = api_pb2.GenericResult
@@ -138,7 +139,8 @@ class ControlPlane:
         self.dicts: dict[str, NamedObject] = {}
         self.blob_store = BlobStore()
         self._volume_root = Path(tempfile.mkdtemp(prefix="fake-modal-volumes-"))
-        self._mounted: list[Path] = []
+        self.volume_views = Volumes(Path(tempfile.mkdtemp(prefix="fake-modal-views-")))
+        self.mount_files: dict[str, bytes] = {}  # MountPutFile's uploads, by SHA-256
         self._app_ids: dict[tuple[str, str], str] = {}
         self._bound_ids: dict[tuple[str, bytes], str] = {}
         self._faults: list[Fault] = []
@@ -197,10 +199,8 @@ class ControlPlane:
         return record.object_id
 
     def volume_dir(self, volume: str) -> Path:
-        """The directory holding a Volume's files (by id or name).
-
-        Inputs of functions that mount it at a path in the temp directory see it there, as a
-        symlink (tests pick unique mount paths); other mounts are recorded only."""
+        """The directory holding a Volume's committed files (by id or name): what the Volume
+        API reads and writes. A container that mounts it sees its own view (volumes.py)."""
         object_id = next(
             (key for key, record in self.volumes.items() if volume in (key, record.name)), None
         )
@@ -210,18 +210,21 @@ class ControlPlane:
         path.mkdir(exist_ok=True)
         return path
 
-    def _mount_volumes(self, variant: Variant) -> None:
+    def _mount_volumes(self, variant: Variant, worker: Worker) -> dict[int, str]:
+        """Mount the variant's Volumes in the worker: descriptor -> the worker's view, for
+        each mount at a path in the temp directory (tests pick unique ones); other mounts
+        are recorded only."""
         mounts = variant.options.volume_mounts if variant.options is not None else ()
+        views = {}
         for mount in mounts:
-            path = Path(mount.mount_path)
-            if not path.is_relative_to(tempfile.gettempdir()):
+            if not Path(mount.mount_path).is_relative_to(tempfile.gettempdir()):
                 continue
-            target = self.volume_dir(mount.volume_id)
-            if path.is_symlink() and path.resolve() == target.resolve():
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.symlink_to(target, target_is_directory=True)
-            self._mounted.append(path)
+            committed = self.volume_dir(mount.volume_id)
+            fd = self.volume_views.mount(
+                mount.mount_path, committed, mount.volume_id, worker.identity
+            )
+            views[fd] = str(self.volume_views.view_path(mount.volume_id, worker.identity))
+        return views
 
     def inject_fault(
         self,
@@ -289,9 +292,9 @@ class ControlPlane:
         if self._pool is not None:
             await self._pool.close()
         await self.blob_store.stop()
-        for path in self._mounted:
-            path.unlink(missing_ok=True)
+        self.volume_views.close()
         shutil.rmtree(self._volume_root, ignore_errors=True)
+        shutil.rmtree(self.volume_views.root, ignore_errors=True)
 
     # ----- RPC support (event loop) -----
 
@@ -732,8 +735,8 @@ class ControlPlane:
         task_id = f"ta-{worker.pid}"
         started_at = time.time()
         secrets = [self.secrets[secret_id] for secret_id in call.variant.secret_ids()]
-        self._mount_volumes(call.variant)
         request = {
+            "mounts": self._mount_volumes(call.variant, worker),
             "call_id": call.call_id,
             "target": call.variant.spec.target,
             "args": arguments,

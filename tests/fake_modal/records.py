@@ -81,6 +81,8 @@ class BindRecord:
     scaledown_window: int | None
     secrets: tuple[str, ...]  # names of the named secrets
     volumes: dict[str, str]  # mount path -> volume name
+    read_only: tuple[str, ...]  # mount paths of the Volumes mounted read-only
+    buckets: dict[str, dict[str, object]]  # mount path -> the CloudBucketMount's fields
     env: dict[str, str]  # the values of the anonymous secrets (`with_options(env=...)`)
 
     @classmethod
@@ -133,6 +135,19 @@ class BindRecord:
             secrets=tuple(named),
             volumes={
                 mount.mount_path: name_of(mount.volume_id) for mount in options.volume_mounts
+            },
+            read_only=tuple(m.mount_path for m in options.volume_mounts if m.read_only),
+            buckets={
+                mount.mount_path: {
+                    "bucket": mount.bucket_name,
+                    "endpoint_url": mount.bucket_endpoint_url,
+                    "key_prefix": mount.key_prefix,
+                    "read_only": mount.read_only,
+                    "secret": name_of(mount.credentials_secret_id)
+                    if mount.credentials_secret_id
+                    else None,
+                }
+                for mount in options.cloud_bucket_mounts
             },
             env=env,
         )

@@ -63,3 +63,27 @@ def chatty(lines: list[str], seconds: float = 0.0) -> int:
     print(f"sleeping {seconds:g}s", file=sys.stderr)
     time.sleep(seconds)
     return len(lines)
+
+
+def volume_steps(volume: str, mount: str, steps: list[list[str]]) -> list[str | None]:
+    """Act on a mounted Volume, step by step: ["write", name, text], ["read", name] (its text,
+    or None), ["commit"], ["reload"], ["wait", path] (until that file exists). The reads."""
+    import modal
+
+    handle = modal.Volume.from_name(volume)
+    reads: list[str | None] = []
+    for step in steps:
+        action, *rest = step
+        if action == "write":
+            Path(mount, rest[0]).write_text(rest[1])
+        elif action == "read":
+            path = Path(mount, rest[0])
+            reads.append(path.read_text() if path.exists() else None)
+        elif action == "commit":
+            handle.commit()
+        elif action == "reload":
+            handle.reload()
+        elif action == "wait":
+            while not Path(rest[0]).exists():
+                time.sleep(0.02)
+    return reads

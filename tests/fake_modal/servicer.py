@@ -21,9 +21,20 @@ from modal._utils.grpc_testing import patch_mock_servicer
 from modal_proto import api_grpc, api_pb2
 
 from .control import ControlPlane
+from .volumes import copy_files, inside, list_files, put_file, remove_file
+from .workers import CONTAINER_MARK
 
 if TYPE_CHECKING:
     from grpclib.server import Stream
+
+
+_LIST_BATCH = 100  # entries per VolumeListFiles message
+
+
+def _container(stream: Stream[object, object]) -> str:
+    """Which worker ("container") sent a request; "" for any other client."""
+    token_id = str(stream.metadata.get("x-modal-token-id") if stream.metadata else "")
+    return token_id if CONTAINER_MARK in token_id else ""
 
 
 def _fake_jwt(lifetime: float = 3600.0) -> str:
@@ -51,7 +62,10 @@ class FakeModalServicer(api_grpc.ModalClientBase):
         self.control.rpc_log.append(method)
         metadata = event.metadata
         if metadata.get("x-modal-client-type") == str(api_pb2.CLIENT_TYPE_CLIENT):
-            credentials = (metadata.get("x-modal-token-id"), metadata.get("x-modal-token-secret"))
+            token_id = str(metadata.get("x-modal-token-id"))
+            if token_id.startswith(self.token_id + CONTAINER_MARK):  # A worker's own.
+                token_id = self.token_id
+            credentials = (token_id, metadata.get("x-modal-token-secret"))
             if credentials != (self.token_id, self.token_secret):
                 raise GRPCError(Status.UNAUTHENTICATED, "Invalid token id or secret")
         if self.control.latency > 0:
@@ -160,19 +174,21 @@ class FakeModalServicer(api_grpc.ModalClientBase):
     async def VolumeReload(
         self, stream: Stream[api_pb2.VolumeReloadRequest, empty_pb2.Empty]
     ) -> None:
-        """Nothing to fetch: every mount is the Volume's directory itself."""
+        """The calling container commits, then sees the committed files (volumes.py)."""
         request = await stream.recv_message()
         assert request is not None
-        self.control.volume_dir(request.volume_id)
+        committed = self.control.volume_dir(request.volume_id)
+        self.control.volume_views.reload(committed, request.volume_id, _container(stream))
         await stream.send_message(empty_pb2.Empty())
 
     async def VolumeCommit(
         self, stream: Stream[api_pb2.VolumeCommitRequest, api_pb2.VolumeCommitResponse]
     ) -> None:
-        """Writes are in the Volume's directory already; commits are counted (rpc_counts)."""
+        """The calling container's changes become the committed files (counted too)."""
         request = await stream.recv_message()
         assert request is not None
-        self.control.volume_dir(request.volume_id)
+        committed = self.control.volume_dir(request.volume_id)
+        self.control.volume_views.commit(committed, request.volume_id, _container(stream))
         await stream.send_message(api_pb2.VolumeCommitResponse(skip_reload=True))
 
     async def VolumeGetFile2(
@@ -181,7 +197,7 @@ class FakeModalServicer(api_grpc.ModalClientBase):
         """`Volume.read_file`: the file's blocks as blobs to download."""
         request = await stream.recv_message()
         assert request is not None
-        path = self.control.volume_dir(request.volume_id) / request.path.lstrip("/")
+        path = inside(self.control.volume_dir(request.volume_id), request.path)
         if not path.is_file():
             raise GRPCError(Status.NOT_FOUND, f"No such file: {request.path}")
         data = path.read_bytes()
@@ -193,6 +209,67 @@ class FakeModalServicer(api_grpc.ModalClientBase):
         await stream.send_message(
             api_pb2.VolumeGetFile2Response(get_urls=urls, size=len(data), start=0, len=len(data))
         )
+
+    async def VolumeListFiles(
+        self, stream: Stream[api_pb2.VolumeListFilesRequest, api_pb2.VolumeListFilesResponse]
+    ) -> None:
+        """`Volume.listdir` / `iterdir`: entries in batches, as the server streams them."""
+        request = await stream.recv_message()
+        assert request is not None
+        committed = self.control.volume_dir(request.volume_id)
+        entries = list_files(committed, request.path, request.recursive)
+        for at in range(0, max(len(entries), 1), _LIST_BATCH):
+            batch = entries[at : at + _LIST_BATCH]
+            await stream.send_message(api_pb2.VolumeListFilesResponse(entries=batch))
+
+    async def MountPutFile(
+        self, stream: Stream[api_pb2.MountPutFileRequest, api_pb2.MountPutFileResponse]
+    ) -> None:
+        """A file's content, by SHA-256: asked for first, then sent inline or as a blob."""
+        request = await stream.recv_message()
+        assert request is not None
+        files = self.control.mount_files
+        if request.HasField("data"):
+            files[request.sha256_hex] = request.data
+        elif request.HasField("data_blob_id"):
+            blob = self.control.blob_store.blobs.get(request.data_blob_id)
+            if blob is None:
+                raise GRPCError(Status.NOT_FOUND, f"Blob '{request.data_blob_id}' not found")
+            files[request.sha256_hex] = blob
+        await stream.send_message(api_pb2.MountPutFileResponse(exists=request.sha256_hex in files))
+
+    async def VolumePutFiles(
+        self, stream: Stream[api_pb2.VolumePutFilesRequest, empty_pb2.Empty]
+    ) -> None:
+        """`batch_upload`: each file, from the content MountPutFile holds, committed at once."""
+        request = await stream.recv_message()
+        assert request is not None
+        committed = self.control.volume_dir(request.volume_id)
+        overwrite = not request.disallow_overwrite_existing_files
+        for file in request.files:
+            data = self.control.mount_files.get(file.sha256_hex)
+            if data is None:
+                raise GRPCError(Status.FAILED_PRECONDITION, f"{file.filename} not uploaded")
+            put_file(committed, file.filename, data, file.mode, overwrite)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeRemoveFile(
+        self, stream: Stream[api_pb2.VolumeRemoveFileRequest, empty_pb2.Empty]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        committed = self.control.volume_dir(request.volume_id)
+        remove_file(committed, request.path, request.recursive)
+        await stream.send_message(empty_pb2.Empty())
+
+    async def VolumeCopyFiles(
+        self, stream: Stream[api_pb2.VolumeCopyFilesRequest, empty_pb2.Empty]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        committed = self.control.volume_dir(request.volume_id)
+        copy_files(committed, list(request.src_paths), request.dst_path)
+        await stream.send_message(empty_pb2.Empty())
 
     # ----- dicts (where the executor keeps code packages and launch locks) -----
 

@@ -38,6 +38,16 @@ Stream = Literal["stdout", "stderr"]
 LogSink = Callable[[Stream, int, str], None]  # (stream, time.time_ns() when read, line)
 
 
+def container_token(token_id: str, number: int) -> str:
+    """The token id of worker `number`: the fake's own, marked with the worker, so that the
+    fake knows which "container" a request comes from (a Volume's commit, say), as Modal
+    knows a container's requests."""
+    return f"{token_id}{CONTAINER_MARK}{number}"
+
+
+CONTAINER_MARK = ".container-"
+
+
 class WorkerDied(Exception):
     """The worker process ended while it had an input."""
 
@@ -128,8 +138,11 @@ class Worker:
         process: asyncio.subprocess.Process,
         stdout: tuple[asyncio.StreamReader, asyncio.BaseTransport],
         stderr: tuple[asyncio.StreamReader, asyncio.BaseTransport],
+        identity: str,
     ) -> None:
         self.process = process
+        # The token id its modal client sends: which "container" a request comes from.
+        self.identity = identity
         self.used = False
         self.log_sink: LogSink | None = None  # gets each line the worker writes
         self._requests = 0
@@ -288,9 +301,11 @@ class WorkerPool:
 
     async def _spawn(self) -> Worker:
         # Unbuffered, as in a Modal container: a line printed just before a crash is logged.
+        identity = container_token(self.env.get("MODAL_TOKEN_ID", ""), self.started)
         env = {
             **os.environ,
             **self.env,
+            "MODAL_TOKEN_ID": identity,
             "PYTHONPATH": _python_path(),
             "PYTHONUNBUFFERED": "1",
         }
@@ -320,7 +335,7 @@ class WorkerPool:
         finally:
             os.close(out_write)
             os.close(err_write)
-        worker = Worker(process, await _read_pipe(out_read), await _read_pipe(err_read))
+        worker = Worker(process, await _read_pipe(out_read), await _read_pipe(err_read), identity)
         self._workers.add(worker)
         self.started += 1
         return worker

@@ -25,8 +25,15 @@ from redun_modal_executor.backends.local.pool import WorkerPool, worker_environm
 from redun_modal_executor.backends.local.storage import DirectoryVolume, FileLock
 from redun_modal_executor.backends.local.template import WORKER_MODULE
 from redun_modal_executor.calls import Call
-from redun_modal_executor.config import CallOptions, ExecutorConfig, redun_config_dir
+from redun_modal_executor.config import (
+    BucketMount,
+    CallOptions,
+    ExecutorConfig,
+    TaskOptionError,
+    redun_config_dir,
+)
 from redun_modal_executor.errors import LaunchError
+from redun_modal_executor.files.stores import DirectoryStore, VolumeStore
 from redun_modal_executor.launch.lock import DatabaseLock
 
 CALL_ID_PREFIX = "lc-"
@@ -63,10 +70,17 @@ class LocalBackend(Backend):
 
     def spawn(self, calls: Sequence[Call]) -> None:
         for call in calls:
-            self._pool.submit(call)
+            refused = _bucket_refused(call)
+            if refused is not None:
+                call.finish(refused)
+            else:
+                self._pool.submit(call)
 
     def spawn_detached(self, call: Call) -> str:
         """A worker process of its own, in its own session, that outlives this one."""
+        refused = _bucket_refused(call)
+        if refused is not None:
+            raise refused
         call_id = CALL_ID_PREFIX + uuid.uuid4().hex[:24]
         call_dir = self.root / "calls" / call_id
         call_dir.mkdir(parents=True)
@@ -106,7 +120,13 @@ class LocalBackend(Backend):
 
     def volume(self, name: str, mount: str) -> Volume:
         # Not mounted anywhere: every process here sees the directory itself.
-        return DirectoryVolume(name, str(self.root / "volumes" / name))
+        return DirectoryVolume(name, str(_volume_dir(self.root, name)))
+
+    @classmethod
+    def volume_store(cls, ref: BackendRef) -> VolumeStore:
+        assert ref.local_dir is not None
+        root = Path(ref.local_dir)
+        return DirectoryStore(lambda name: _volume_dir(root, name))
 
     def database_lock(self, volume: Volume, file: str) -> DatabaseLock:
         return FileLock(Path(volume.path) / (file + ".lock"), f"{file} on volume {volume.name}")
@@ -122,6 +142,24 @@ class LocalBackend(Backend):
         if not call_dir.is_dir():
             raise LaunchError(f"no local launch {call_id} under {call_dir.parent}")
         return call_dir
+
+
+def _volume_dir(root: Path, name: str) -> Path:
+    return root / "volumes" / name
+
+
+def _bucket_refused(call: Call) -> TaskOptionError | None:
+    """Why a call that mounts a cloud bucket cannot run here: nothing is mounted for local
+    workers (a Volume's mount path is this machine's own path), and a bucket's keys cannot
+    appear at one, so the task would read an empty or unrelated directory."""
+    for path, mount in call.options.volumes:
+        if isinstance(mount, BucketMount):
+            return TaskOptionError(
+                f"{call.label}: mounts the bucket {mount.bucket!r} at {path}, and the local "
+                "backend mounts nothing (its workers see this machine's paths). Read the "
+                "bucket through redun Files (File('s3://...')), or run the task on Modal."
+            )
+    return None
 
 
 def _process_alive(pid_file: Path) -> bool:

@@ -6,6 +6,7 @@
 - ``pollers``: the long-polls spread over several connections.
 - ``explain``: Modal's exceptions turned into this package's.
 - ``storage``: Volumes, and the Dict entry that locks a launched scheduler's database.
+- ``volume_files``: ``modalvol://`` Files through the Volume API.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redun_modal_executor.backends.modal.app import code_dict_name, connect, fun
 from redun_modal_executor.backends.modal.calls import ModalCalls
 from redun_modal_executor.backends.modal.explain import commands_errors
 from redun_modal_executor.backends.modal.storage import DictLock, ModalVolume
+from redun_modal_executor.backends.modal.volume_files import ModalApiStore
 from redun_modal_executor.calls import Call
 from redun_modal_executor.code_package import CodePackage
 from redun_modal_executor.config import CallOptions, ExecutorConfig
@@ -28,6 +30,7 @@ from redun_modal_executor.errors import (
     ModalAuthError,
     ModalUnreachableError,
 )
+from redun_modal_executor.files.stores import VolumeStore
 from redun_modal_executor.launch.lock import DatabaseLock
 
 LOCK_DICT_SUFFIX = "-locks"
@@ -95,6 +98,10 @@ class ModalBackend(Backend):
 
     def volume(self, name: str, mount: str) -> Volume:
         return ModalVolume(name, mount, self.ref.environment)
+
+    @classmethod
+    def volume_store(cls, ref: BackendRef) -> VolumeStore:
+        return ModalApiStore(ref.environment)
 
     def database_lock(self, volume: Volume, file: str) -> DatabaseLock:
         return DictLock(

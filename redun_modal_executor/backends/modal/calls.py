@@ -68,9 +68,10 @@ def modal_options(options: CallOptions, environment: str | None) -> dict[str, An
             modal.Secret.from_name(name, environment_name=environment) for name in options.secrets
         ]
     if options.volumes:
+        from redun_modal_executor.backends.modal.storage import modal_mount
+
         kwargs["volumes"] = {
-            path: modal.Volume.from_name(name, environment_name=environment)
-            for path, name in options.volumes
+            path: modal_mount(mount, environment) for path, mount in options.volumes
         }
     if options.env:
         # The client turns it into a Secret (Secret.from_dict), made when the variant is bound.

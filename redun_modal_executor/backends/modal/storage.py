@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from redun_modal_executor.backends.base import Volume
+from redun_modal_executor.config import Mount, VolumeMount
 from redun_modal_executor.errors import DatabaseBusyError
 from redun_modal_executor.launch.lock import DatabaseLock, Holder, busy_message
 
@@ -47,6 +48,26 @@ class ModalVolume(Volume):
         except (FileNotFoundError, modal.exception.NotFoundError):
             return False
         return True
+
+
+def modal_mount(mount: Mount, environment: str | None) -> Any:
+    """What Modal's ``volumes=`` takes for a mount: a Volume (with its mount options), or a
+    ``CloudBucketMount`` with its Secret, each looked up by name in ``environment``."""
+    import modal
+
+    if isinstance(mount, VolumeMount):
+        volume = modal.Volume.from_name(mount.volume, environment_name=environment)
+        return volume.with_mount_options(read_only=True) if mount.read_only else volume
+    secret = None
+    if mount.secret is not None:
+        secret = modal.Secret.from_name(mount.secret, environment_name=environment)
+    return modal.CloudBucketMount(
+        bucket_name=mount.bucket,
+        bucket_endpoint_url=mount.endpoint_url,
+        key_prefix=mount.key_prefix,
+        secret=secret,
+        read_only=mount.read_only,
+    )
 
 
 class DictLock(DatabaseLock):
