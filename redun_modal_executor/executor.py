@@ -24,9 +24,7 @@ from redun_modal_executor.errors import (
     AppNotDeployedError,
     CallCancelledError,
     CodePackageError,
-    DatabaseBusyError,
     ModalAuthError,
-    ModalUnreachableError,
     PayloadError,
     RemoteCallError,
     SerializationError,
@@ -42,7 +40,8 @@ from redun_modal_executor.inflight import InflightCalls, open_inflight_calls
 from redun_modal_executor.launch.spec import LaunchSpec
 from redun_modal_executor.launch.submit import (
     build_launch,
-    check_database_free,
+    check_launch,
+    checked_encode,
     follow_hint,
     is_launch,
     launch_options,
@@ -189,7 +188,7 @@ class ModalExecutor(Executor):
         try:
             backend, entry, launch = self._prepare(job, CallKind.LAUNCH)
             assert launch is not None
-            self._check_database(backend, launch)
+            check_launch(backend, launch, self.log)
             call = Call(entry.label, entry.options, entry.encode, entry.encode())
             call_id = backend.spawn_detached(call)
         except (*JOB_ERRORS, AppNotDeployedError, ModalAuthError, RemoteCallError) as error:
@@ -204,7 +203,7 @@ class ModalExecutor(Executor):
             if launch is None:
                 payload = entry.encode()
             else:  # Encoded by the backend, off this thread: the check may ask Modal.
-                entry.encode = self._checked(backend, launch, entry.encode)
+                entry.encode = checked_encode(backend, launch, entry.encode, self.log)
         except JOB_ERRORS as error:
             self._reject(job, error)
             return
@@ -285,26 +284,6 @@ class ModalExecutor(Executor):
         if not (backend.batches and scheduler and scheduler.is_running):
             return None
         return Burst(scheduler.events_queue.put, lambda calls: self._spawn_burst(backend, calls))
-
-    def _checked(
-        self, backend: Backend, launch: LaunchSpec, encode: Callable[[], bytes]
-    ) -> Callable[[], bytes]:
-        """``encode``, after checking the launch's database is free."""
-
-        def check_then_encode() -> bytes:
-            self._check_database(backend, launch)
-            return encode()
-
-        return check_then_encode
-
-    def _check_database(self, backend: Backend, launch: LaunchSpec) -> None:
-        """Refuse a launch whose database another launched scheduler is writing."""
-        try:
-            check_database_free(backend, launch.database)
-        except (DatabaseBusyError, ModalAuthError, ModalUnreachableError):
-            raise
-        except Exception as error:  # Not checked here: the launched call checks again.
-            self.log(f"could not check who uses the scheduler database: {error}")
 
     def _open_inflight_calls(self, backend: Backend) -> InflightCalls | None:
         """The in-flight call table, where reattaching is on and possible."""

@@ -18,13 +18,19 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from redun_modal_executor.backends import Backend
 from redun_modal_executor.config import CallOptions, ExecutorConfig, VolumeMount, redun_config_dir
-from redun_modal_executor.errors import DatabaseBusyError, LaunchError
+from redun_modal_executor.errors import (
+    DatabaseBusyError,
+    LaunchError,
+    ModalAuthError,
+    ModalUnreachableError,
+)
 from redun_modal_executor.launch.lock import busy_message
 from redun_modal_executor.launch.spec import DatabaseSpec, LaunchSpec
 
@@ -88,6 +94,29 @@ def check_database_free(backend: Backend, database: DatabaseSpec | None) -> None
     holder = lock.holder()
     if holder is not None:
         raise DatabaseBusyError(busy_message(lock.where, holder))
+
+
+def check_launch(backend: Backend, launch: LaunchSpec, log: Callable[[str], None]) -> None:
+    """``check_database_free``, where it can be done: a failure to ask (other than Modal's
+    credentials or reach) is logged, and the launched call checks again under the lock."""
+    try:
+        check_database_free(backend, launch.database)
+    except (DatabaseBusyError, ModalAuthError, ModalUnreachableError):
+        raise
+    except Exception as error:
+        log(f"could not check who uses the scheduler database: {error}")
+
+
+def checked_encode(
+    backend: Backend, launch: LaunchSpec, encode: Callable[[], bytes], log: Callable[[str], None]
+) -> Callable[[], bytes]:
+    """``encode``, after ``check_launch`` (both off the scheduler's thread)."""
+
+    def check_then_encode() -> bytes:
+        check_launch(backend, launch, log)
+        return encode()
+
+    return check_then_encode
 
 
 def _check_shared_db_uri(backend: Backend, db_uri: str) -> None:
