@@ -8,9 +8,9 @@
 
 The executor makes a ``Call`` per job (and per retry) and hands it to a backend; the backend
 reports on the handle itself, from its own thread, and never calls the executor by key. The
-outcome is the result envelope (bytes) or the exception that kept the call from producing
-one. A handle keeps its payload only until the backend takes it: to send the call again, the
-backend asks the handle to encode it once more.
+outcome is the result envelope (bytes, or a file holding a big one) or the exception that kept
+the call from producing one. A handle keeps its payload only until the backend takes it: to
+send the call again, the backend asks the handle to encode it once more.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from redun_modal_executor.config import CallOptions
 
-Outcome = bytes | BaseException
+Outcome = bytes | BinaryIO | BaseException
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,12 @@ class Call:
         payload = self.take_held()
         return payload if payload is not None else self.encode()
 
+    def take_outcome(self) -> Outcome | None:
+        """The outcome, handed over once: the handle keeps no reference to a big result."""
+        with self._lock:
+            outcome, self.outcome = self.outcome, None
+        return outcome
+
     def spawned(self, address: CallAddress) -> None:
         """The backend spawned a new call for this handle."""
         if self._run(address) and self._on_spawned is not None:
@@ -113,11 +120,16 @@ class Call:
             return True
 
     def finish(self, outcome: Outcome) -> bool:
-        """Set the outcome, once; False if the call had finished already."""
+        """Set the outcome, once; False if the call had finished already (and an envelope
+        file given is closed)."""
         with self._lock:
-            if self.state is CallState.FINISHED:
-                return False
-            self.state, self.outcome, self._payload = CallState.FINISHED, outcome, None
+            finished_before = self.state is CallState.FINISHED
+            if not finished_before:
+                self.state, self.outcome, self._payload = CallState.FINISHED, outcome, None
+        if finished_before:
+            if not isinstance(outcome, (bytes, BaseException)):
+                outcome.close()
+            return False
         if self._on_done is not None:
             self._on_done(self)
         return True

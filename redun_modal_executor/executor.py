@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
 from redun_modal_executor.backends import Backend, BackendRef, backend_class, create_backend
-from redun_modal_executor.calls import Burst, Call, CallAddress, Reports
+from redun_modal_executor.calls import Burst, Call, CallAddress, Outcome, Reports
 from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
     CallOptions,
@@ -49,6 +50,7 @@ from redun_modal_executor.launch.submit import (
 from redun_modal_executor.payload import (
     CallKind,
     CodeReference,
+    Failure,
     Success,
     decode_result,
     encode_call,
@@ -329,28 +331,17 @@ class ModalExecutor(Executor):
             backend = self._backend
         if not known or self._scheduler is None or backend is None:
             return
-        outcome = call.outcome
-        assert outcome is not None
         task = entry.job.task.fullname
-        if isinstance(outcome, BaseException):
-            error, frames, logs = outcome, [], getattr(outcome, "logs", None)
+        # Taken, not kept: the envelope is gone before redun stores the value.
+        result = _decoded(call.take_outcome(), entry.label, task)
+        if isinstance(result, Success):
+            self._report_progress(failed=False)
+            self._scheduler.done_job(entry.job, result.value, job_tags=entry.tags)
+            return
+        if isinstance(result, Failure):
+            error, frames, logs = result.error, result.frames, result.logs
         else:
-            try:
-                result = decode_result(outcome, task)
-            except SerializationError as unloadable:  # A value this client cannot load.
-                error, frames, logs = unloadable, [], None
-            except Exception as unreadable:
-                error = PayloadError(
-                    f"{entry.label}: its result envelope could not be loaded here: "
-                    f"{type(unreadable).__name__}: {unreadable}"
-                )
-                error, frames, logs = error, [], None
-            else:
-                if isinstance(result, Success):
-                    self._report_progress(failed=False)
-                    self._scheduler.done_job(entry.job, result.value, job_tags=entry.tags)
-                    return
-                error, frames, logs = result.error, result.frames, result.logs
+            error, frames, logs = result, [], getattr(result, "logs", None)
         error = as_exception(error, task)
         if entry.retries_left and is_retriable(error):
             self._retry(backend, entry, error)
@@ -386,6 +377,24 @@ class ModalExecutor(Executor):
         assert self._scheduler
         traceback = Traceback(error, [], logs=getattr(error, "logs", None))
         self._scheduler.reject_job(job, error, traceback)
+
+
+def _decoded(outcome: Outcome | None, label: str, task: str) -> Success | Failure | BaseException:
+    """A call's outcome decoded: its result, or the error that kept it from one. An envelope
+    file is closed once read."""
+    assert outcome is not None
+    if isinstance(outcome, BaseException):
+        return outcome
+    try:
+        with contextlib.nullcontext() if isinstance(outcome, bytes) else outcome:
+            return decode_result(outcome, task)
+    except SerializationError as unloadable:  # A value this client cannot load.
+        return unloadable
+    except Exception as unreadable:
+        return PayloadError(
+            f"{label}: its result envelope could not be loaded here: "
+            f"{type(unreadable).__name__}: {unreadable}"
+        )
 
 
 def _now(report: Callable[[], None]) -> None:

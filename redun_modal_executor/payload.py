@@ -20,7 +20,7 @@ import sys
 import traceback
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, BinaryIO
 
 import cloudpickle
 import redun
@@ -64,20 +64,60 @@ def runtime_versions() -> dict[str, str]:
 def _frame(magic: bytes, header: dict[str, Any], contents: Any) -> bytes:
     """The frame of ``header`` and the pickle of ``contents``."""
     header_bytes = json.dumps(header).encode()
-    # Pickled straight after the header: no separate body to copy in. getvalue() hands over
-    # the buffer itself.
-    buffer = io.BytesIO()
-    buffer.write(_FRAME.pack(magic, FORMAT_VERSION, len(header_bytes)))
-    buffer.write(header_bytes)
-    cloudpickle.dump(contents, buffer, protocol=_PICKLE_PROTOCOL)
-    return buffer.getvalue()
+    frame = _Frame()
+    frame.write(_FRAME.pack(magic, FORMAT_VERSION, len(header_bytes)))
+    frame.write(header_bytes)
+    cloudpickle.dump(contents, frame, protocol=_PICKLE_PROTOCOL)
+    return frame.getvalue()
 
 
-def _unframe(data: bytes, magic: bytes, what: str) -> tuple[dict[str, Any], memoryview]:
-    view = memoryview(data)
-    if len(view) < _FRAME.size:
-        raise PayloadError(f"not a redun-modal-executor {what}: only {len(view)} bytes")
-    found_magic, version, header_length = _FRAME.unpack_from(view)
+class _Frame:
+    """What a pickler writes, as one ``bytes`` made with one copy of the data at most.
+
+    The pickler hands a big buffer (a ``bytes`` argument, an array's data) to ``write`` as it
+    is: it is kept by reference and copied once, into the result. The rest goes through a
+    ``BytesIO``, whose own buffer is handed over without a copy. Writing it all to one
+    ``BytesIO`` would over-allocate it by an eighth as it grows.
+    """
+
+    _BY_REFERENCE = 1024 * 1024  # Writes from this size are kept, not copied.
+
+    def __init__(self) -> None:
+        self._pieces: list[Any] = []  # Finished pieces, in order.
+        self._small = io.BytesIO()
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if size < self._BY_REFERENCE:
+            return self._small.write(data)
+        if self._small.tell():
+            self._pieces.append(self._small.getvalue())
+            self._small = io.BytesIO()
+        self._pieces.append(data)  # Alive until getvalue(), within the same dump.
+        return size
+
+    def getvalue(self) -> bytes:
+        if not self._pieces:
+            return self._small.getvalue()
+        return b"".join([*self._pieces, self._small.getvalue()])
+
+
+def _unframe(
+    data: bytes | memoryview | BinaryIO, magic: bytes, what: str
+) -> tuple[dict[str, Any], memoryview | BinaryIO]:
+    """The header, and the body: a view into ``data``, or the file ``data`` read up to it."""
+    if isinstance(data, (bytes, memoryview)):
+        view = memoryview(data)
+        end = _FRAME.size + _header_length(view[: _FRAME.size], magic, what)
+        return _parse_header(view[_FRAME.size : end], what), view[end:]
+    header_length = _header_length(data.read(_FRAME.size), magic, what)
+    return _parse_header(data.read(header_length), what), data
+
+
+def _header_length(prefix: bytes | memoryview, magic: bytes, what: str) -> int:
+    if len(prefix) < _FRAME.size:
+        raise PayloadError(f"not a redun-modal-executor {what}: only {len(prefix)} bytes")
+    found_magic, version, header_length = _FRAME.unpack_from(prefix)
     if found_magic != magic:
         raise PayloadError(f"not a redun-modal-executor {what} (bad magic {found_magic!r})")
     if version != FORMAT_VERSION:
@@ -86,12 +126,19 @@ def _unframe(data: bytes, magic: bytes, what: str) -> tuple[dict[str, Any], memo
             "Install the same redun-modal-executor version on the client and in the worker "
             "image (redeploy the Modal app after upgrading)."
         )
-    end = _FRAME.size + header_length
+    return header_length
+
+
+def _parse_header(header: bytes | memoryview, what: str) -> dict[str, Any]:
     try:
-        header = json.loads(bytes(view[_FRAME.size : end]))
+        return json.loads(bytes(header))
     except ValueError as error:
         raise PayloadError(f"corrupt {what} header: {error}") from None
-    return header, view[end:]
+
+
+def _load(body: memoryview | BinaryIO) -> Any:
+    """Unpickle a body; from a file, a big ``bytes`` is read straight into its object."""
+    return cloudpickle.loads(body) if isinstance(body, memoryview) else cloudpickle.load(body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,13 +371,14 @@ def encode_failure(error: BaseException, logs: list[str]) -> bytes:
     return _frame(_RESULT_MAGIC, header, (pickled_error, frames))
 
 
-def decode_result(data: bytes, task: str = "") -> Success | Failure:
-    """Parse a result envelope (client side) of a call of ``task``; a value that cannot be
-    loaded here raises ``SerializationError`` naming the task."""
+def decode_result(data: bytes | BinaryIO, task: str = "") -> Success | Failure:
+    """Parse a result envelope (client side) of a call of ``task``, in memory or a file
+    positioned at it; a value that cannot be loaded here raises ``SerializationError``
+    naming the task."""
     header, body = _unframe(data, _RESULT_MAGIC, "result envelope")
     if header.get("ok"):
         try:
-            return Success(cloudpickle.loads(body))
+            return Success(_load(body))
         except Exception as error:
             raise SerializationError(
                 f"Task {task}: its result cannot be loaded here: {type(error).__name__}: "
@@ -338,7 +386,7 @@ def decode_result(data: bytes, task: str = "") -> Success | Failure:
                 "modules its classes come from where `redun run` runs, or return plain data."
             ) from None
     logs = header.get("logs", [])
-    pickled_error, frames = cloudpickle.loads(body)
+    pickled_error, frames = _load(body)
 
     def stand_in(why: str) -> RemoteTaskError:
         return RemoteTaskError(

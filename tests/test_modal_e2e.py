@@ -139,10 +139,21 @@ def test_env_reaches_the_task_and_warm_pool_options_reach_modal(modal_project, f
     assert (tags["modal_buffer_containers"], tags["modal_scaledown_window"]) == (1, 30)
 
 
-def test_big_values_travel_through_blobs(modal_project, fake_modal):
+@pytest.mark.parametrize(
+    "kib",
+    [
+        2 * 1024,  # Above the inline limit: through the client's in-memory path.
+        6 * 1024,  # Above blobs.SPOOL_BYTES: pickled into a file and uploaded in parts.
+    ],
+)
+def test_big_values_travel_through_blobs(modal_project, fake_modal, tmp_path, monkeypatch, kib):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))  # The client's temporary files go here.
+    fake_modal.blob_multipart_threshold = fake_modal.blob_part_length = 1024 * 1024
     modal_project.write(
         "wf.py",
-        """\
+        f"""\
         from redun import task
 
         @task
@@ -151,7 +162,7 @@ def test_big_values_travel_through_blobs(modal_project, fake_modal):
 
         @task
         def main() -> int:
-            return check(reverse(bytes(range(256)) * 8192))
+            return check(reverse(bytes(range(256)) * 4 * {kib}))
 
         @task
         def check(data: bytes) -> int:
@@ -159,11 +170,17 @@ def test_big_values_travel_through_blobs(modal_project, fake_modal):
         """,
     )
     output = modal_project.redun("run", "wf.py", "main").stdout
-    assert final_line(output) == str(256 * 8192)
-    # Up as blobs: the arguments of reverse and of check. Down: main's result (the expression
-    # `check(reverse(data))`, which holds the data) and reverse's. check's result is small.
+    assert final_line(output) == str(kib * 1024)
+    # Up as blobs, in 1 MiB parts: the arguments of reverse and of check (the data and a
+    # header: one part more than its MiB). Down:
+    # main's result (the expression `check(reverse(data))`, which holds the data) and
+    # reverse's. check's result is small.
     assert fake_modal.rpc_counts["BlobCreate"] == 2
+    assert fake_modal.blob_store.parts == 2 * (kib // 1024 + 1)
     assert fake_modal.rpc_counts["BlobGet"] == 2
+    assert [path.name for path in spool.iterdir() if path.name.startswith("redun-modal-")] == []
+    rerun = modal_project.redun("run", "wf.py", "main").stdout
+    assert final_line(rerun) == str(kib * 1024) and ran(rerun, "reverse") == 0
 
 
 def test_timeout_names_the_option_and_the_call(modal_project):

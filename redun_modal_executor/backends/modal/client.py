@@ -4,8 +4,9 @@ On the modal client's own event loop (its synchronizer's thread) each ``.aio`` c
 place; from any other loop it hops threads, with two futures and a task per call. The
 client's own ``get`` coroutine, awaited there, skips synchronicity's wrapping (about 5 KB per
 call in flight, and its CPU). And the RPCs of a map-type call (``MapWire``), which the public
-API makes only for a whole iterable at once, carry many jobs per request. All are private:
-they are used only on the modal releases they were tested with, and where they are missing;
+API makes only for a whole iterable at once, carry many jobs per request; with them, a big
+payload goes to and from Modal's blob store through a file (``blobs``). All are private: they
+are used only on the modal releases they were tested with, and where they are missing;
 elsewhere the public ``.aio`` API does the same work with one call per job, a little slower,
 on a loop thread of this module's own.
 """
@@ -16,6 +17,8 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from redun_modal_executor.backends.modal import blobs
 
 # modal releases (major, minor) whose private parts this module was tested with.
 TESTED_MODAL_RELEASES = ((1, 6),)
@@ -69,15 +72,34 @@ class MapWire:
 
     async def make_input(self, function: Any, payload: bytes) -> Any:
         """The input that calls ``function(payload)`` (its index is set when it is put); a
-        payload over Modal's inline limit is uploaded as a blob here."""
+        payload over Modal's inline limit is uploaded as a blob here, a big one from a file
+        (``blobs``)."""
+        from modal._serialization import get_preferred_payload_format
         from modal._utils.function_utils import _create_input
         from modal_proto import api_pb2
 
+        impl = self._synchronizer._translate_in(function)
+        pickle_format = api_pb2.DATA_FORMAT_PICKLE
+        accepted = impl._metadata.supported_input_formats or [pickle_format]
+        if (
+            len(payload) >= blobs.SPOOL_BYTES
+            and get_preferred_payload_format() == pickle_format
+            and pickle_format in accepted
+        ):
+            blob_id, uploads = await blobs.upload_arguments(payload, self._stub(function))
+            return api_pb2.FunctionPutInputsItem(
+                input=api_pb2.FunctionInput(
+                    args_blob_id=blob_id,
+                    data_format=pickle_format,
+                    method_name=impl._use_method_name,
+                ),
+                blob_upload_results=uploads,
+            )
         return await _create_input(
             (payload,),
             {},
             self._stub(function),
-            function=self._synchronizer._translate_in(function),
+            function=impl,
             function_call_invocation_type=api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC,
         )
 
@@ -119,11 +141,21 @@ class MapWire:
         return await self._client(client)._stub.FunctionGetOutputs(request, retry=retry)
 
     async def result(self, client: Any, output: Any) -> Any:
-        """One output's value, or the exception its input ended with (raised)."""
+        """One output's value, or the exception its input ended with (raised). A value in a
+        blob, the result envelope the generic function returns, comes as a file
+        (``blobs``)."""
         from modal._utils.function_utils import _process_result
+        from modal_proto import api_pb2
 
         impl = self._client(client)
-        return await _process_result(output.result, output.data_format, impl._stub, impl)
+        result = output.result
+        if (
+            result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
+            and result.WhichOneof("data_oneof") == "data_blob_id"
+            and output.data_format == api_pb2.DATA_FORMAT_PICKLE
+        ):
+            return await blobs.download_envelope(result.data_blob_id, impl._stub, impl)
+        return await _process_result(result, output.data_format, impl._stub, impl)
 
 
 class ClientAccess:
