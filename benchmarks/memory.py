@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections import Counter
+from collections.abc import Sequence
 
 # Where an allocation's owner is found: the innermost frame in one of these (stdlib frames, and
 # libraries called on an owner's behalf, such as SQLAlchemy, count for their caller).
@@ -38,11 +39,18 @@ def status_kb(field: str) -> int:
 
 def owner(traceback: tracemalloc.Traceback) -> str:
     """The owner of an allocation: the first known owner from the innermost frame out."""
-    for frame in reversed(traceback):  # tracemalloc lists frames oldest first
+    # tracemalloc lists frames oldest first.
+    return owner_of([frame.filename for frame in reversed(traceback)])[0]
+
+
+def owner_of(filenames: Sequence[str]) -> tuple[str, int | None]:
+    """The first known owner of a stack's files (innermost first), and the index of its file
+    (None for no known owner)."""
+    for index, filename in enumerate(filenames):
         for name, markers in OWNERS:
-            if any(marker in frame.filename for marker in markers):
-                return name
-    return "other (stdlib, interpreter)"
+            if any(marker in filename for marker in markers):
+                return name, index
+    return "other (stdlib, interpreter)", None
 
 
 def by_owner(snapshot: tracemalloc.Snapshot) -> Counter[str]:
