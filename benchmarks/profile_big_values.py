@@ -45,18 +45,27 @@ def site(record: Any) -> tuple[str, str]:
     """The owner of an allocation, and where in the owner's code it was made."""
     frames = record.stack_trace()
     name, index = owner_of([filename for _function, filename, _line in frames])
-    if index is None:
+    if not frames:
         return name, "-"
-    function, filename, line = frames[index]
+    function, filename, line = frames[index or 0]  # No owner: the innermost frame.
     short = filename.split("site-packages/")[-1].removeprefix(f"{ROOT}/")
     return name, f"{short}:{line} {function}"
 
 
+def is_big_block(allocation: Any) -> bool:
+    """A buffer of 1 MiB and more from malloc: not an arena of the interpreter's own small
+    objects (mmap). A high-water-mark record groups a site's blocks: it counts them."""
+    from memray import AllocatorType
+
+    malloc = {AllocatorType.MALLOC, AllocatorType.CALLOC, AllocatorType.REALLOC}
+    count = getattr(allocation, "n_allocations", 1)
+    return allocation.allocator in malloc and allocation.size >= BIG_BLOCK * count
+
+
 def largest_by_owner(capture: Path) -> dict[str, tuple[int, Counter[str]]]:
     """Each owner's largest total of big blocks alive at once, and its sites at that moment."""
-    from memray import AllocatorType, FileReader
+    from memray import FileReader
 
-    allocators = {AllocatorType.MALLOC, AllocatorType.CALLOC, AllocatorType.REALLOC}
     live: dict[int, tuple[str, str, int]] = {}
     totals: Counter[str] = Counter()
     largest: dict[str, tuple[int, Counter[str]]] = {}
@@ -64,7 +73,7 @@ def largest_by_owner(capture: Path) -> dict[str, tuple[int, Counter[str]]]:
         gone = live.pop(allocation.address, None)  # A free, or a realloc in place.
         if gone is not None:
             totals[gone[0]] -= gone[2]
-        if allocation.allocator not in allocators or allocation.size < BIG_BLOCK:
+        if not is_big_block(allocation):
             continue
         name, where = site(allocation)
         live[allocation.address] = (name, where, allocation.size)
@@ -85,7 +94,7 @@ def at_high_water_mark(capture: Path) -> tuple[int, Counter[tuple[str, str]]]:
     reader = FileReader(str(capture))
     blocks: Counter[tuple[str, str]] = Counter()
     for allocation in reader.get_high_watermark_allocation_records(merge_threads=True):
-        if allocation.size >= BIG_BLOCK:
+        if is_big_block(allocation):
             blocks[site(allocation)] += allocation.size
     return reader.metadata.peak_memory, blocks
 
@@ -98,8 +107,11 @@ def main() -> None:
         largest = largest_by_owner(capture)
     print(f"echo() of {size / MB:g} MB on ModalExecutor (fake); multiples of the payload")
     print(f"peak heap (memray): {peak / size:.2f}x; blocks of 1 MiB and more alive then:")
-    for (name, where), total in blocks.most_common():
+    shown = [(key, total) for key, total in blocks.most_common() if total >= size / 20]
+    for (name, where), total in shown:
         print(f"   {total / size:6.2f}x  {name:14} {where}")
+    rest = sum(blocks.values()) - sum(total for _key, total in shown)
+    print(f"   {rest / size:6.2f}x  (the rest, each site under 0.05x)")
     print("each owner's largest total of such blocks alive at once, and what it was:")
     for name, (total, sites) in sorted(largest.items(), key=lambda item: -item[1][0]):
         print(f"   {total / size:6.2f}x  {name}")
