@@ -47,6 +47,14 @@ INPUTS_IN_PARALLEL = 16
 # How long a batch that owes nothing waits for new inputs before it is finished. Waiting
 # costs no request: nothing is polled while nothing is owed.
 BATCH_IDLE_SECONDS = 2.0
+# A batch that owes this many outputs paces its polls: each poll waits until about
+# OUTPUTS_PER_POLL outputs are due at the rate they came at, PACE_SECONDS at most. A poll
+# answers as soon as one output is ready, so without pacing a big fan-out costs a request per
+# few outputs; with it, an output waits PACE_SECONDS more at most, in a batch that runs far
+# longer than that.
+PACED_OWED = 1000
+OUTPUTS_PER_POLL = 100
+PACE_SECONDS = 3.0
 
 
 @dataclass(eq=False)
@@ -218,6 +226,8 @@ class Batches:
     async def _collect(self, batch: _Batch) -> None:
         """The batch's output loop: hand each output to its job as it comes."""
         last_entry_id = "0-0"
+        loop = asyncio.get_running_loop()
+        answered = loop.time()
         while batch.owed or batch.accepting:
             if not batch.owed:
                 if not await self._woken(batch):
@@ -227,6 +237,7 @@ class Batches:
                 poll = functools.partial(
                     self._wire.outputs, await self._connected(), batch.call_id, last_entry_id
                 )
+                polled = loop.time()
                 response = await through_transient_errors(poll)
             except asyncio.CancelledError:
                 raise
@@ -236,6 +247,9 @@ class Batches:
                     await self._fail(batch, item, error)
                 break
             last_entry_id = response.last_entry_id
+            since, answered = answered, loop.time()
+            outputs = len(response.outputs)
+            pause = _pause(len(batch.owed), outputs, answered - since, answered - polled)
             for output in response.outputs:
                 item = batch.owed.pop(output.idx, None)
                 if item is None:  # Not owed (any more): a duplicate.
@@ -244,6 +258,8 @@ class Batches:
                 task = asyncio.get_running_loop().create_task(self._deliver(batch, item, output))
                 self._delivering.add(task)
                 task.add_done_callback(self._delivering.discard)
+            if pause:
+                await asyncio.sleep(pause)
         self._finish_inputs(batch)
         self._batches.pop(batch.call_id, None)
 
@@ -330,6 +346,15 @@ class Batches:
         self._batches.clear()
         self._queued.clear()
         return cancelled
+
+
+def _pause(owed: int, outputs: int, cycle: float, wait: float) -> float:
+    """How long to wait before the next poll of a batch that owed ``owed`` outputs, when a
+    poll gave ``outputs`` after ``wait`` seconds, ``cycle`` seconds after the one before."""
+    if owed < PACED_OWED or outputs == 0 or outputs >= OUTPUTS_PER_POLL:
+        return 0.0
+    seconds_per_output = max(cycle, 1e-3) / outputs
+    return min(PACE_SECONDS, max(0.0, OUTPUTS_PER_POLL * seconds_per_output - wait))
 
 
 def _payloads(chunk: list[_Input]) -> list[bytes | BaseException]:
