@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from redun.executors.base import Executor, register_executor
 from redun.scheduler import Traceback
 
 from redun_modal_executor.backends import Backend, BackendRef, backend_class, create_backend
-from redun_modal_executor.calls import Burst, Call, CallAddress, Outcome, Reports
+from redun_modal_executor.calls import Burst, Call, CallAddress, Reports
 from redun_modal_executor.code_package import build_code_package
 from redun_modal_executor.config import (
     CallOptions,
@@ -26,9 +25,7 @@ from redun_modal_executor.errors import (
     CallCancelledError,
     CodePackageError,
     ModalAuthError,
-    PayloadError,
     RemoteCallError,
-    SerializationError,
     VolumeFileError,
     as_exception,
     is_retriable,
@@ -52,7 +49,7 @@ from redun_modal_executor.payload import (
     CodeReference,
     Failure,
     Success,
-    decode_result,
+    decode_outcome,
     encode_call,
 )
 from redun_modal_executor.progress import Progress
@@ -333,7 +330,7 @@ class ModalExecutor(Executor):
             return
         task = entry.job.task.fullname
         # Taken, not kept: the envelope is gone before redun stores the value.
-        result = _decoded(call.take_outcome(), entry.label, task)
+        result = decode_outcome(call.take_outcome(), entry.label, task)
         if isinstance(result, Success):
             self._report_progress(failed=False)
             self._scheduler.done_job(entry.job, result.value, job_tags=entry.tags)
@@ -377,24 +374,6 @@ class ModalExecutor(Executor):
         assert self._scheduler
         traceback = Traceback(error, [], logs=getattr(error, "logs", None))
         self._scheduler.reject_job(job, error, traceback)
-
-
-def _decoded(outcome: Outcome | None, label: str, task: str) -> Success | Failure | BaseException:
-    """A call's outcome decoded: its result, or the error that kept it from one. An envelope
-    file is closed once read."""
-    assert outcome is not None
-    if isinstance(outcome, BaseException):
-        return outcome
-    try:
-        with contextlib.nullcontext() if isinstance(outcome, bytes) else outcome:
-            return decode_result(outcome, task)
-    except SerializationError as unloadable:  # A value this client cannot load.
-        return unloadable
-    except Exception as unreadable:
-        return PayloadError(
-            f"{label}: its result envelope could not be loaded here: "
-            f"{type(unreadable).__name__}: {unreadable}"
-        )
 
 
 def _now(report: Callable[[], None]) -> None:

@@ -12,6 +12,7 @@ call; the value, or ``(pickled exception or None, frames)`` for a result.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -402,3 +403,23 @@ def decode_result(data: bytes | BinaryIO, task: str = "") -> Success | Failure:
         why = f"its class cannot be loaded here: {type(unloadable).__name__}: {unloadable}"
         error = stand_in(why)
     return Failure(error, frames, logs)
+
+
+def decode_outcome(
+    outcome: bytes | BinaryIO | BaseException | None, label: str, task: str
+) -> Success | Failure | BaseException:
+    """A call's outcome (client side): the result in its envelope, or the error that kept
+    the call ``label`` of ``task`` from one. An envelope file is closed once read."""
+    assert outcome is not None
+    if isinstance(outcome, BaseException):
+        return outcome
+    try:
+        with contextlib.nullcontext() if isinstance(outcome, bytes) else outcome:
+            return decode_result(outcome, task)
+    except SerializationError as unloadable:  # A value this client cannot load.
+        return unloadable
+    except Exception as unreadable:
+        return PayloadError(
+            f"{label}: its result envelope could not be loaded here: "
+            f"{type(unreadable).__name__}: {unreadable}"
+        )
