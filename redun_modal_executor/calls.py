@@ -170,8 +170,11 @@ class Reports:
 
 
 # Calls a burst holds at most before it is handed over: a request's worth (512 is Modal's
-# most) would hold the first job of a big fan-out back while redun prepares the rest.
+# most) would hold the first job of a big fan-out back while redun prepares the rest. While a
+# fan-out goes on, each full burst doubles the next one's limit, up to MAX_BURST: fewer,
+# fuller requests once the first jobs are out.
 BURST_LIMIT = 128
+MAX_BURST = 512
 
 
 class Burst:
@@ -179,8 +182,9 @@ class Burst:
 
     redun queues each ready job's execution as an event of its own, so a fan-out is a run of
     events queued at once. The first call held queues one more event behind them, which
-    hands the burst over (``send``); so does reaching ``BURST_LIMIT`` calls. No timer: a
-    lone job goes out as soon as the events queued before it are handled.
+    hands the burst over (``flush``); so does reaching the limit (``BURST_LIMIT``, growing
+    to ``MAX_BURST`` while the fan-out lasts). No timer: a lone job goes out as soon as the
+    events queued before it are handled.
     """
 
     def __init__(
@@ -191,21 +195,26 @@ class Burst:
         self._post = post  # Queues an event on the scheduler's thread.
         self._send = send
         self._held: list[Call] = []
+        self._limit = BURST_LIMIT
         self._lock = threading.Lock()
 
     def add(self, call: Call) -> None:
         with self._lock:
             self._held.append(call)
-            first, full = len(self._held) == 1, len(self._held) >= BURST_LIMIT
+            first, full = len(self._held) == 1, len(self._held) >= self._limit
+            if full:
+                calls, self._held = self._held, []
+                self._limit = min(2 * self._limit, MAX_BURST)
         if full:
-            self.flush()
+            self._send(calls)
         elif first:
             self._post(self.flush)
 
     def flush(self) -> None:
-        """Hand over the calls held (if any)."""
+        """Hand over the calls held (if any): the burst has ended."""
         with self._lock:
             calls, self._held = self._held, []
+            self._limit = BURST_LIMIT
         if calls:
             self._send(calls)
 

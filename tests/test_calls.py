@@ -40,3 +40,17 @@ def test_a_burst_goes_out_after_the_events_queued_before_it(monkeypatch):
     assert [c.label for c in burst.drop()] == ["Task t10"]  # A stop takes what is held.
     events.get()()
     assert sent[-1] == ["Task t9"]
+
+
+def test_a_long_fan_out_goes_in_growing_bursts(monkeypatch):
+    monkeypatch.setattr(calls, "BURST_LIMIT", 2)
+    monkeypatch.setattr(calls, "MAX_BURST", 8)
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    sent: list[int] = []
+    burst = Burst(events.put, lambda held: sent.append(len(held)))
+    for round_ in range(2):  # The second fan-out starts small again.
+        for n in range(20):
+            events.put(lambda n=n: burst.add(call(n)))
+        while not events.empty():
+            events.get()()
+        assert sent == [2, 4, 8, 6] * (round_ + 1)

@@ -54,7 +54,7 @@ BATCH_IDLE_SECONDS = 2.0
 # longer than that.
 PACED_OWED = 1000
 OUTPUTS_PER_POLL = 100
-PACE_SECONDS = 3.0
+PACE_SECONDS = 5.0
 
 
 @dataclass(eq=False)
